@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test (unit and multi-rank) with CTest.
+# Usage: launch/run_tests.sh [ctest arguments...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+launch/setup.sh
+launch/build.sh
+cd build
+ctest --output-on-failure -j"$(nproc 2>/dev/null || echo 2)" "$@"

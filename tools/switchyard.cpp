@@ -1,0 +1,87 @@
+// The `switchyard` command line: parses arguments, runs one subcommand, and turns every error into
+// one "error: ..." line on stderr and an exit status (2 for bad input, 1 otherwise).
+#include <torch/version.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "core/build_info.h"
+#include "core/config.h"
+#include "core/error.h"
+#include "core/logging.h"
+
+namespace {
+
+using namespace switchyard;
+
+std::string version_text() {
+  auto yes_no = [](bool b) { return b ? "yes" : "no"; };
+  return std::string("switchyard ") + SWITCHYARD_VERSION + " (LibTorch " + TORCH_VERSION +
+         ", CUDA: " + yes_no(SWITCHYARD_WITH_CUDA) + ", NCCL: " + yes_no(SWITCHYARD_HAS_NCCL) +
+         ", CBC: " + yes_no(SWITCHYARD_HAS_CBC) + ")";
+}
+
+/// Options shared by the commands that read a config.
+struct ConfigArgs {
+  std::string path;
+  std::vector<std::string> overrides;
+
+  void add_to(CLI::App* cmd) {
+    cmd->add_option("--config", path, "YAML config file")->required();
+    cmd->add_option("--set", overrides, "override one key: --set model.moe.top_k=2 (repeatable)")
+        ->expected(1)
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  }
+  core::Config load() const { return core::load_config(path, overrides); }
+};
+
+int run(int argc, char** argv) {
+  CLI::App app{"Switchyard: distributed Mixture-of-Experts training"};
+  app.set_version_flag("--version", version_text());
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "debug, info, warn or error");
+  app.require_subcommand(1);
+
+  CLI::App* config_cmd = app.add_subcommand("config", "inspect configurations");
+  config_cmd->require_subcommand(1);
+  ConfigArgs check_args;
+  CLI::App* check_cmd = config_cmd->add_subcommand("check", "load and validate a config; print it resolved");
+  check_args.add_to(check_cmd);
+  CLI::App* reference_cmd =
+      config_cmd->add_subcommand("reference", "print every config key with type, default and bounds (Markdown)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    throw UsageError(e.what() + std::string(" (see switchyard --help)"));
+  }
+  core::set_log_level(core::parse_log_level(log_level));
+
+  if (check_cmd->parsed()) {
+    const core::Config config = check_args.load();
+    std::cout << core::dump_config(config);
+    return 0;
+  }
+  if (reference_cmd->parsed()) {
+    std::cout << core::config_reference_markdown();
+    return 0;
+  }
+  SY_ASSERT(false, "no subcommand ran");
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return switchyard::exit_code_for(e);
+  }
+}
