@@ -1,0 +1,118 @@
+// MoE layer forward: routing, capacity, exchange, experts, combine, losses and statistics.
+#include "modules/moe_layer.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "losses/routing_losses.h"
+
+namespace switchyard::modules {
+
+double MoEStats::dropped_frac() const {
+  const auto routed = routed_slots.item<int64_t>();
+  return routed > 0 ? static_cast<double>(dropped_slots.item<int64_t>()) / static_cast<double>(routed) : 0.0;
+}
+
+MoELayerImpl::MoELayerImpl(const core::ModelConfig& model, const core::LossesConfig& losses, int64_t layer_idx,
+                           uint64_t seed, std::shared_ptr<TokenDispatcher> dispatcher)
+    : config_(model.moe), loss_config_(losses), d_model_(model.d_model), dispatcher_(std::move(dispatcher)) {
+  if (!dispatcher_) dispatcher_ = std::make_shared<LocalDispatcher>(config_.num_experts);
+  router = register_module("router", Router(config_, model.d_model, model.init_std));
+  experts = register_module("experts", Experts(dispatcher_->local_expert_ids(), model.d_model, config_.ffn_hidden,
+                                               config_.expert_kind, model.init_std,
+                                               seed + 7777ULL * static_cast<uint64_t>(layer_idx + 1)));
+  if (config_.shared_experts > 0) {
+    // K_s shared experts of width f summed equal one MLP of width K_s * f.
+    shared = register_module("shared", Mlp(model.d_model, config_.shared_experts * config_.ffn_hidden,
+                                           config_.expert_kind, model.init_std));
+  }
+  if (config_.null_experts > 0 && config_.null_expert_kind == core::NullExpertKind::kConstant) {
+    null_constants = register_parameter("null_constants", torch::randn({config_.null_experts, model.d_model}) * model.init_std);
+  }
+}
+
+MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& token_ids) {
+  SY_CHECK(x_in.size(-1) == d_model_, "moe layer: expected last dimension ", d_model_, ", got ", x_in.sizes());
+  const auto x = x_in.reshape({-1, d_model_});
+  const int64_t num_tokens = x.size(0);
+  const int64_t num_experts = config_.num_experts;
+  MoEOutput out;
+
+  Routing routing = router->forward(x, token_ids.defined() ? token_ids.reshape({-1}) : token_ids);
+  out.stats.routed_slots = routing.expert_idx.ge(0).sum();
+  out.stats.dropped_slots = torch::zeros({}, out.stats.routed_slots.options());
+
+  // Capacity (expert_choice applies its own inside the router).
+  if (config_.router.kind != core::RouterKind::kExpertChoice && config_.capacity_factor > 0) {
+    int64_t capacity = expert_capacity(config_.capacity_factor, config_.top_k, num_tokens, num_experts);
+    if (config_.router.kind == core::RouterKind::kGrap) {
+      out.stats.capacity_min = locmoe_min_capacity(config_.router.grap_delta, d_model_, num_experts);
+      capacity = std::max<int64_t>(capacity, static_cast<int64_t>(std::ceil(out.stats.capacity_min)));
+    }
+    out.stats.capacity = capacity;
+    out.stats.dropped_slots = apply_capacity(routing, capacity, num_experts, config_.drop_policy);
+  }
+
+  // Routed experts: exchange, run, weight, combine.
+  const auto routed_idx = routing.expert_idx.masked_fill(routing.expert_idx.ge(num_experts), -1);
+  const Dispatched dispatched = dispatcher_->dispatch(x, routed_idx, routing.gates);
+  const auto expert_out = experts->forward(dispatched.tokens, dispatched.tokens_per_expert);
+  const auto weighted = expert_out * dispatched.slot_gates.to(expert_out.scalar_type()).unsqueeze(1);
+  auto y = dispatcher_->combine(weighted, dispatched);
+
+  // Null experts never leave the rank and cost no expert FLOPs.
+  if (config_.null_experts > 0 && config_.null_expert_kind != core::NullExpertKind::kZero) {
+    const auto is_null = routing.expert_idx.ge(num_experts);
+    const auto null_gate = (routing.gates * is_null.to(routing.gates.scalar_type()));  // [T, k]
+    if (config_.null_expert_kind == core::NullExpertKind::kCopy) {
+      y = y + x * null_gate.sum(1, true).to(x.scalar_type());
+    } else {
+      const auto which = (routing.expert_idx - num_experts).clamp(0, config_.null_experts - 1);  // [T, k]
+      const auto constants = null_constants.index_select(0, which.reshape({-1})).reshape({num_tokens, -1, d_model_});
+      y = y + (constants * null_gate.unsqueeze(2).to(constants.scalar_type())).sum(1);
+    }
+  }
+  if (shared) y = y + shared->forward(x);
+  out.y = y.reshape(x_in.sizes());
+
+  // Losses, each weighted by its coefficient; zero coefficients are skipped.
+  const int64_t num_choices = router->num_choices();
+  const auto counts = losses::expert_slot_counts(routing.expert_idx, num_choices);
+  if (routing.learned) {
+    if (config_.router.kind == core::RouterKind::kBilevel) {
+      if (loss_config_.load_balance > 0 || loss_config_.node_balance > 0) {
+        out.losses["load_balance"] = losses::bilevel_balance_loss(routing.node_probs, routing.node_idx,
+                                                                  routing.local_probs, routing.local_idx,
+                                                                  loss_config_.node_balance, loss_config_.load_balance);
+      }
+    } else if (loss_config_.load_balance > 0 && config_.router.kind != core::RouterKind::kExpertChoice) {
+      const auto scope_counts = count_reducer_ ? count_reducer_(counts) : counts;
+      out.losses["load_balance"] = losses::load_balance_loss(routing.probs, scope_counts, loss_config_.load_balance);
+    }
+    if (loss_config_.seq_balance > 0 && x_in.dim() == 3) {
+      const int64_t batch = x_in.size(0), seq = x_in.size(1);
+      out.losses["seq_balance"] = losses::sequence_balance_loss(
+          routing.probs.reshape({batch, seq, num_choices}), routing.expert_idx.reshape({batch, seq, -1}),
+          loss_config_.seq_balance);
+    }
+    if (loss_config_.z_loss > 0) {
+      auto z = losses::z_loss(routing.z_logits.at(0), loss_config_.z_loss);
+      for (size_t i = 1; i < routing.z_logits.size(); ++i) z = z + losses::z_loss(routing.z_logits[i], loss_config_.z_loss);
+      out.losses["z_loss"] = z;
+    }
+    if (loss_config_.contrastive > 0) {
+      out.losses["contrastive"] = losses::contrastive_loss(router->prototypes(), routing.projected, routing.expert_idx,
+                                                           loss_config_.contrastive_tau, loss_config_.contrastive);
+    }
+    if (loss_config_.locality > 0) {
+      auto mask = local_mask_.defined() ? local_mask_ : torch::ones({num_choices}, torch::kBool);
+      out.losses["locality"] = losses::locality_loss(routing.probs, mask, loss_config_.locality_eps, loss_config_.locality);
+    }
+  }
+
+  out.stats.tokens_per_expert = counts.detach();
+  out.stats.entropy = losses::router_entropy(routing.probs.detach());
+  return out;
+}
+
+}  // namespace switchyard::modules

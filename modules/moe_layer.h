@@ -1,0 +1,69 @@
+// The MoE layer: router -> capacity -> dispatch -> experts -> gate-weighted combine, plus shared and
+// null experts and every routing loss, each reported separately.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/config.h"
+#include "modules/experts.h"
+#include "modules/router.h"
+#include "modules/token_dispatcher.h"
+
+namespace switchyard::modules {
+
+/// Per-layer routing statistics (detached; for metrics).
+struct MoEStats {
+  torch::Tensor tokens_per_expert;  ///< [E + null] fp32 slots routed to each choice (after drops)
+  torch::Tensor routed_slots;       ///< 0-dim int64: slots that chose an expert, before drops
+  torch::Tensor dropped_slots;      ///< 0-dim int64
+  torch::Tensor entropy;            ///< 0-dim fp32: mean router entropy
+  int64_t capacity = -1;            ///< per-expert capacity used (-1: dropless)
+  double capacity_min = 0.0;        ///< LocMoE lower bound ec_min (grap), else 0
+  /// Reads the counters (a device synchronization: call at metric points only).
+  double dropped_frac() const;
+};
+
+struct MoEOutput {
+  torch::Tensor y;                              ///< same shape as the input
+  std::map<std::string, torch::Tensor> losses;  ///< "load_balance", "z_loss", ... (scalars, weighted)
+  MoEStats stats;
+};
+
+class MoELayerImpl : public torch::nn::Module {
+ public:
+  /// `dispatcher` defaults to a LocalDispatcher over all experts; a distributed one decides which
+  /// experts this rank holds. `layer_idx` and `seed` fix the expert initialization by global id.
+  MoELayerImpl(const core::ModelConfig& model, const core::LossesConfig& losses, int64_t layer_idx, uint64_t seed,
+               std::shared_ptr<TokenDispatcher> dispatcher = nullptr);
+
+  /// x [..., d]; token_ids [...] (hash router only).
+  MoEOutput forward(const torch::Tensor& x, const torch::Tensor& token_ids = {});
+
+  /// Sums per-choice slot counts over the ranks whose batches form the balance scope (global_batch
+  /// scope); identity by default. Collective when set by parallel/.
+  void set_count_reducer(std::function<torch::Tensor(const torch::Tensor&)> reducer) { count_reducer_ = std::move(reducer); }
+  /// Which routed experts are on this rank's node (locality loss); all by default.
+  void set_local_expert_mask(torch::Tensor mask) { local_mask_ = std::move(mask); }
+
+  Router router{nullptr};
+  Experts experts{nullptr};
+  Mlp shared{nullptr};
+  torch::Tensor null_constants;  ///< [null, d] for null_expert_kind constant
+
+ private:
+  core::MoEConfig config_;
+  core::LossesConfig loss_config_;
+  int64_t d_model_;
+  std::shared_ptr<TokenDispatcher> dispatcher_;
+  std::function<torch::Tensor(const torch::Tensor&)> count_reducer_;
+  torch::Tensor local_mask_;
+};
+TORCH_MODULE(MoELayer);
+
+}  // namespace switchyard::modules

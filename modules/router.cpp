@@ -1,0 +1,285 @@
+// Router implementations, capacity and the LocMoE capacity bound.
+#include "modules/router.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "losses/routing_losses.h"
+
+namespace switchyard::modules {
+namespace {
+
+namespace F = torch::nn::functional;
+
+torch::Tensor normalize_rows(const torch::Tensor& x) { return F::normalize(x, F::NormalizeFuncOptions().dim(-1)); }
+
+/// Renormalizes gates [T, k] over each row's used slots.
+torch::Tensor renormalize(const torch::Tensor& gates) { return gates / gates.sum(-1, true).clamp_min(1e-20); }
+
+}  // namespace
+
+RouterImpl::RouterImpl(const core::MoEConfig& config, int64_t d_model, double init_std)
+    : config_(config), d_model_(d_model), num_choices_(config.num_experts + config.null_experts) {
+  using core::RouterKind;
+  const auto init = [&](std::vector<int64_t> shape) { return torch::randn(shape) * init_std; };
+  switch (config.router.kind) {
+    case RouterKind::kTopK:
+    case RouterKind::kExpertChoice:
+    case RouterKind::kTopP:
+      weight_ = register_parameter("weight", init({num_choices_, d_model}));
+      break;
+    case RouterKind::kNoisyTopK:
+      weight_ = register_parameter("weight", init({num_choices_, d_model}));
+      noise_weight_ = register_parameter("noise_weight", init({num_choices_, d_model}));
+      break;
+    case RouterKind::kSigmoidBias:
+      weight_ = register_parameter("weight", init({num_choices_, d_model}));
+      bias_ = register_buffer("bias", torch::zeros({num_choices_}));
+      break;
+    case RouterKind::kCosine: {
+      const int64_t dim = config.router.cosine_dim > 0 ? config.router.cosine_dim : d_model;
+      if (config.router.cosine_dim > 0) projection_ = register_parameter("projection", init({dim, d_model}));
+      prototypes_ = register_parameter("prototypes", init({num_choices_, dim}));
+      break;
+    }
+    case RouterKind::kBilevel: {
+      const int64_t groups = config.router.groups;
+      node_weight_ = register_parameter("node_weight", init({groups, d_model}));
+      local_weight_ = register_parameter("local_weight", init({config.num_experts / groups, d_model}));
+      break;
+    }
+    case RouterKind::kGrap:
+      SY_CHECK(d_model % config.num_experts == 0, "model.moe.num_experts: grap needs it to divide d_model");
+      bias_ = register_parameter("eps", torch::zeros({num_choices_}));
+      break;
+    case RouterKind::kHash:
+    case RouterKind::kRandom:
+      break;
+  }
+}
+
+Routing RouterImpl::top_k_of(const torch::Tensor& logits, int64_t k) const {
+  Routing r;
+  r.probs = torch::softmax(logits, -1);
+  auto [top_p, top_idx] = r.probs.topk(k, -1);
+  r.expert_idx = top_idx;
+  r.gates = config_.router.normalize_topk ? renormalize(top_p) : top_p;
+  r.z_logits = {logits};
+  return r;
+}
+
+Routing RouterImpl::forward(const torch::Tensor& x_in, const torch::Tensor& token_ids) {
+  using core::RouterKind;
+  SY_CHECK(x_in.dim() == 2 && x_in.size(1) == d_model_, "router: expected x [T, ", d_model_, "], got ", x_in.sizes());
+  const auto x = losses::at_least_fp32(x_in);
+  const int64_t num_tokens = x.size(0);
+  const int64_t k = config_.top_k;
+  const auto f32 = [&](const torch::Tensor& t) { return t.to(x.scalar_type()); };
+
+  switch (config_.router.kind) {
+    case RouterKind::kTopK:
+      return top_k_of(x.matmul(f32(weight_).t()), k);
+
+    case RouterKind::kNoisyTopK: {
+      auto logits = x.matmul(f32(weight_).t());
+      if (is_training()) {
+        logits = logits + F::softplus(x.matmul(f32(noise_weight_).t())) * torch::randn_like(logits);
+      }
+      return top_k_of(logits, k);
+    }
+
+    case RouterKind::kSigmoidBias: {
+      Routing r;
+      const auto logits = x.matmul(f32(weight_).t());
+      const auto scores = torch::sigmoid(logits);
+      const auto selected = (scores.detach() + bias_.to(scores.device())).topk(k, -1);
+      r.expert_idx = std::get<1>(selected);
+      r.gates = renormalize(scores.gather(1, r.expert_idx));
+      r.probs = scores / scores.sum(-1, true);
+      r.z_logits = {logits};
+      return r;
+    }
+
+    case RouterKind::kExpertChoice: {
+      Routing r;
+      const auto logits = x.matmul(f32(weight_).t());
+      r.probs = torch::softmax(logits, -1);
+      r.z_logits = {logits};
+      const int64_t capacity =
+          std::min<int64_t>(num_tokens, expert_capacity(config_.capacity_factor, k, num_tokens, num_choices_));
+      // Each expert takes its top-capacity tokens; a token may end up with 0..E experts.
+      const auto chosen = std::get<1>(r.probs.detach().t().topk(capacity, -1));  // [E, C] token indices
+      auto mask = torch::zeros({num_choices_, num_tokens}, torch::dtype(torch::kBool).device(x.device()));
+      mask.scatter_(1, chosen, true);
+      mask = mask.t();  // [T, E]
+      const auto expert_ids = torch::arange(num_choices_, torch::dtype(torch::kInt64).device(x.device()))
+                                  .unsqueeze(0).expand({num_tokens, num_choices_});
+      r.expert_idx = torch::where(mask, expert_ids, torch::full_like(expert_ids, -1));
+      r.gates = r.probs * mask.to(x.scalar_type());
+      return r;
+    }
+
+    case RouterKind::kTopP: {
+      Routing r;
+      const auto logits = x.matmul(f32(weight_).t());
+      r.probs = torch::softmax(logits, -1);
+      r.z_logits = {logits};
+      const int64_t k_max = config_.router.k_max;
+      auto [sorted_p, sorted_idx] = r.probs.sort(-1, /*descending=*/true);
+      sorted_p = sorted_p.narrow(1, 0, k_max);
+      sorted_idx = sorted_idx.narrow(1, 0, k_max);
+      // Keep slot j while the mass before it is below the threshold: the smallest set reaching it.
+      const auto mass_before = sorted_p.detach().cumsum(-1) - sorted_p.detach();
+      const auto keep = mass_before < config_.router.top_p_threshold;
+      r.expert_idx = torch::where(keep, sorted_idx, torch::full_like(sorted_idx, -1));
+      const auto gates = sorted_p * keep.to(x.scalar_type());
+      r.gates = config_.router.normalize_topk ? renormalize(gates) : gates;
+      return r;
+    }
+
+    case RouterKind::kHash: {
+      SY_CHECK(token_ids.defined() && token_ids.numel() == num_tokens,
+               "router: the hash router needs the token ids of its ", num_tokens, " tokens");
+      Routing r;
+      r.learned = false;
+      // Knuth's multiplicative hash, high bits: deterministic in the token id alone.
+      const auto ids = token_ids.to(x.device(), torch::kInt64).reshape({num_tokens, 1});
+      const auto h = (ids * int64_t{2654435761}).bitwise_and(int64_t{0xffffffff}).div(int64_t{256}, "floor");
+      const auto offsets = torch::arange(k, ids.options()).unsqueeze(0);
+      r.expert_idx = (h + offsets).remainder(config_.num_experts);
+      r.gates = torch::full({num_tokens, k}, 1.0 / k, x.options());
+      r.probs = torch::zeros({num_tokens, num_choices_}, x.options()).scatter_add(1, r.expert_idx, r.gates);
+      return r;
+    }
+
+    case RouterKind::kRandom: {
+      Routing r;
+      r.learned = false;
+      const auto noise = torch::rand({num_tokens, config_.num_experts}, x.options());
+      r.expert_idx = std::get<1>(noise.topk(k, -1));
+      r.gates = torch::full({num_tokens, k}, 1.0 / k, x.options());
+      r.probs = torch::zeros({num_tokens, num_choices_}, x.options()).scatter_add(1, r.expert_idx, r.gates);
+      return r;
+    }
+
+    case RouterKind::kCosine: {
+      const auto h = projection_.defined() ? x.matmul(f32(projection_).t()) : x;
+      const auto logits = config_.router.cosine_scale * normalize_rows(h).matmul(normalize_rows(f32(prototypes_)).t());
+      Routing r = top_k_of(logits, k);
+      r.projected = h;
+      return r;
+    }
+
+    case RouterKind::kBilevel: {
+      Routing r;
+      const int64_t per_group = config_.num_experts / config_.router.groups;
+      const auto node_logits = x.matmul(f32(node_weight_).t());
+      const auto local_logits = x.matmul(f32(local_weight_).t());
+      r.node_probs = torch::softmax(node_logits, -1);
+      r.local_probs = torch::softmax(local_logits, -1);
+      auto [node_p, node_idx] = r.node_probs.topk(1, -1);  // [T, 1]
+      auto [local_p, local_idx] = r.local_probs.topk(k, -1);
+      if (config_.router.normalize_topk && k > 1) local_p = renormalize(local_p);
+      r.node_idx = node_idx;
+      r.local_idx = local_idx;
+      r.expert_idx = node_idx * per_group + local_idx;
+      r.gates = node_p * local_p;
+      // The joint distribution over all E experts: p(group) * p(position in group).
+      r.probs = (r.node_probs.unsqueeze(2) * r.local_probs.unsqueeze(1)).reshape({num_tokens, -1});
+      r.z_logits = {node_logits, local_logits};
+      return r;
+    }
+
+    case RouterKind::kGrap: {
+      // Fixed orthogonal gate: w_i = E/d on channels [i d/E, (i+1) d/E), so w_i . x is the mean of
+      // that channel block. Only eps_i is learned.
+      const int64_t block = d_model_ / config_.num_experts;
+      auto logits = F::relu(x.reshape({num_tokens, config_.num_experts, block}).mean(-1) +
+                            f32(bias_).narrow(0, 0, config_.num_experts));
+      return top_k_of(logits, k);
+    }
+  }
+  SY_ASSERT(false, "unhandled router kind");
+  return {};
+}
+
+void RouterImpl::update_bias(const torch::Tensor& global_load) {
+  SY_CHECK(config_.router.kind == core::RouterKind::kSigmoidBias, "update_bias: only the sigmoid_bias router has a bias");
+  SY_CHECK(global_load.numel() == num_choices_, "update_bias: expected ", num_choices_, " loads, got ", global_load.numel());
+  torch::NoGradGuard no_grad;
+  const auto load = global_load.to(bias_.device(), torch::kFloat32);
+  bias_.add_(config_.router.bias_update_rate * torch::sign(load.mean() - load));
+}
+
+int64_t expert_capacity(double capacity_factor, int64_t top_k, int64_t num_tokens, int64_t num_experts) {
+  if (capacity_factor <= 0) return -1;
+  return static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(top_k * num_tokens) /
+                                        static_cast<double>(num_experts)));
+}
+
+double regularized_incomplete_beta(double x, double a, double b) {
+  SY_CHECK(x >= 0 && x <= 1 && a > 0 && b > 0, "regularized_incomplete_beta: bad arguments x=", x, " a=", a, " b=", b);
+  if (x == 0 || x == 1) return x;
+  const double log_front = std::lgamma(a + b) - std::lgamma(a) - std::lgamma(b) + a * std::log(x) + b * std::log1p(-x);
+  // The continued fraction converges fast for x < (a + 1) / (a + b + 2); use symmetry otherwise.
+  if (x > (a + 1) / (a + b + 2)) return 1.0 - regularized_incomplete_beta(1 - x, b, a);
+  const double tiny = 1e-300;
+  double c = 1, d = 1 - (a + b) * x / (a + 1);
+  d = 1 / (std::fabs(d) < tiny ? tiny : d);
+  double h = d;
+  for (int m = 1; m <= 10000; ++m) {
+    const double m2 = 2.0 * m;
+    double aa = m * (b - m) * x / ((a + m2 - 1) * (a + m2));
+    d = 1 + aa * d;
+    d = 1 / (std::fabs(d) < tiny ? tiny : d);
+    c = 1 + aa / c;
+    c = std::fabs(c) < tiny ? tiny : c;
+    h *= d * c;
+    aa = -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1));
+    d = 1 + aa * d;
+    d = 1 / (std::fabs(d) < tiny ? tiny : d);
+    c = 1 + aa / c;
+    c = std::fabs(c) < tiny ? tiny : c;
+    const double delta = d * c;
+    h *= delta;
+    if (std::fabs(delta - 1) < 1e-15) break;
+  }
+  return std::exp(log_front) * h / a;
+}
+
+double locmoe_min_capacity(double delta, int64_t d_model, int64_t num_experts) {
+  const double p_delta =
+      1.0 - regularized_incomplete_beta(delta * delta, 0.5, (static_cast<double>(d_model) - 1.0) / 2.0);
+  return 1.0 / (static_cast<double>(num_experts) * p_delta);
+}
+
+torch::Tensor apply_capacity(Routing& routing, int64_t capacity, int64_t num_experts, core::DropPolicy policy) {
+  if (capacity < 0) return torch::zeros({}, torch::dtype(torch::kInt64).device(routing.expert_idx.device()));
+  const auto idx = routing.expert_idx.reshape({-1});
+  const int64_t num_slots = idx.numel();
+  const auto device = idx.device();
+  const auto routed = idx.ge(0).logical_and(idx.lt(num_experts));
+  // Sort slots by (expert, priority): priority is -gate or the slot position; unrouted slots last.
+  const auto expert_key = torch::where(routed, idx, torch::full_like(idx, num_experts));
+  torch::Tensor order;
+  if (policy == core::DropPolicy::kProbability) {
+    order = std::get<1>(routing.gates.detach().reshape({-1}).sort(/*stable=*/true, 0, /*descending=*/true));
+  } else {
+    order = torch::arange(num_slots, torch::dtype(torch::kInt64).device(device));
+  }
+  const auto by_expert = std::get<1>(expert_key.index_select(0, order).sort(/*stable=*/true, 0, false));
+  order = order.index_select(0, by_expert);
+  const auto sorted_expert = expert_key.index_select(0, order);
+  const auto counts = torch::bincount(sorted_expert, {}, num_experts + 1);
+  const auto starts = counts.cumsum(0) - counts;
+  const auto rank_in_expert = torch::arange(num_slots, order.options()) - starts.index_select(0, sorted_expert);
+  const auto drop_sorted = rank_in_expert.ge(capacity).logical_and(sorted_expert.lt(num_experts));
+  auto drop = torch::zeros({num_slots}, torch::dtype(torch::kBool).device(device));
+  drop.index_put_({order}, drop_sorted);
+  drop = drop.reshape(routing.expert_idx.sizes());
+  routing.expert_idx = routing.expert_idx.masked_fill(drop, -1);
+  routing.gates = routing.gates.masked_fill(drop, 0.0);
+  return drop.sum();
+}
+
+}  // namespace switchyard::modules

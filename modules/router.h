@@ -1,0 +1,78 @@
+// Routers: which experts each token goes to, with what gate weight. Math in fp32 whatever the input
+// dtype. Equations and decisions: docs/routing.md.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "core/config.h"
+
+namespace switchyard::modules {
+
+/// One routing decision for T tokens. Slots with expert_idx -1 are unused (dropped, or beyond a
+/// token's dynamic k) and carry gate 0. Indices >= num_experts name null experts.
+struct Routing {
+  torch::Tensor expert_idx;  ///< [T, k] int64
+  torch::Tensor gates;       ///< [T, k] fp32, differentiable
+  torch::Tensor probs;       ///< [T, E + null] fp32 distribution the balance losses use
+  std::vector<torch::Tensor> z_logits;  ///< logits the z-loss applies to (empty for hash, random)
+  bool learned = true;       ///< false for hash and random: no loss can move them
+  // bilevel (SMILE) only:
+  torch::Tensor node_probs;   ///< [T, groups]
+  torch::Tensor node_idx;     ///< [T, 1]
+  torch::Tensor local_probs;  ///< [T, E / groups]
+  torch::Tensor local_idx;    ///< [T, k] positions inside the chosen group
+  // cosine only:
+  torch::Tensor projected;    ///< [T, d'] tokens in the prototype space
+};
+
+class RouterImpl : public torch::nn::Module {
+ public:
+  /// `num_choices` = routed experts + null experts.
+  RouterImpl(const core::MoEConfig& config, int64_t d_model, double init_std);
+
+  /// x [T, d] (any float dtype); token_ids [T] int64, needed by the hash router only.
+  Routing forward(const torch::Tensor& x, const torch::Tensor& token_ids = {});
+
+  /// sigmoid_bias: b_i += rate * sign(mean(load) - load_i) from the global per-choice load [E + null].
+  void update_bias(const torch::Tensor& global_load);
+
+  int64_t num_choices() const { return num_choices_; }
+  core::RouterKind kind() const { return config_.router.kind; }
+  /// cosine: the expert prototypes [E + null, d'].
+  const torch::Tensor& prototypes() const { return prototypes_; }
+  const torch::Tensor& bias() const { return bias_; }
+
+ private:
+  Routing top_k_of(const torch::Tensor& logits, int64_t k) const;
+
+  core::MoEConfig config_;
+  int64_t d_model_;
+  int64_t num_choices_;
+  torch::Tensor weight_;        ///< [E + null, d] (topk, noisy_topk, sigmoid_bias, expert_choice, top_p)
+  torch::Tensor noise_weight_;  ///< [E + null, d] noisy_topk
+  torch::Tensor bias_;          ///< [E + null] sigmoid_bias (buffer) or grap eps (parameter)
+  torch::Tensor prototypes_;    ///< cosine
+  torch::Tensor projection_;    ///< cosine with cosine_dim > 0: [d', d]
+  torch::Tensor node_weight_;   ///< bilevel [groups, d]
+  torch::Tensor local_weight_;  ///< bilevel [E / groups, d]
+};
+TORCH_MODULE(Router);
+
+/// Capacity per expert: ceil(capacity_factor * k * T / E), or -1 (no limit) when capacity_factor <= 0.
+int64_t expert_capacity(double capacity_factor, int64_t top_k, int64_t num_tokens, int64_t num_experts);
+
+/// LocMoE Theorem 1: ec_min = 1 / (E * p_delta), p_delta = 1 - I_{delta^2}(1/2, (d - 1)/2).
+double locmoe_min_capacity(double delta, int64_t d_model, int64_t num_experts);
+
+/// Regularized incomplete beta function I_x(a, b) (continued fraction, Numerical Recipes 6.4).
+double regularized_incomplete_beta(double x, double a, double b);
+
+/// Drops, per expert among [0, num_experts), the slots beyond `capacity` (gate 0, index -1) and
+/// returns how many were dropped (0-dim int64 tensor, no host synchronization). kProbability keeps the highest gates; kPosition keeps the earliest
+/// tokens (token order, then choice order). Null-expert slots (index >= num_experts) are never dropped.
+torch::Tensor apply_capacity(Routing& routing, int64_t capacity, int64_t num_experts, core::DropPolicy policy);
+
+}  // namespace switchyard::modules

@@ -1,0 +1,59 @@
+// The exchange between tokens and experts, as the MoE layer sees it. LocalDispatcher (here) is the
+// single-process reference; parallel/ implements the distributed dispatchers against it.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace switchyard::modules {
+
+/// What a dispatch hands to the local experts; `state` is the dispatcher's own, for combine().
+struct Dispatched {
+  torch::Tensor tokens;             ///< [S, d] rows for this rank's experts, grouped by local expert
+  torch::Tensor slot_gates;         ///< [S] fp32 gate of each row (differentiable)
+  torch::Tensor tokens_per_expert;  ///< [E_local] int64
+  std::shared_ptr<void> state;
+};
+
+class TokenDispatcher {
+ public:
+  virtual ~TokenDispatcher() = default;
+
+  /// x [T, d]; expert_idx [T, k] int64 global expert ids, -1 for slots to skip; gates [T, k].
+  /// Collective in distributed dispatchers: every rank of the expert-parallel group calls it.
+  virtual Dispatched dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx, const torch::Tensor& gates) = 0;
+
+  /// weighted [S, d] (expert output times slot gate, rows as dispatched) -> [T, d], each token the
+  /// sum over its slots. Collective like dispatch().
+  virtual torch::Tensor combine(const torch::Tensor& weighted, const Dispatched& dispatched) = 0;
+
+  /// Global ids of the experts this rank holds, in local order.
+  virtual std::vector<int64_t> local_expert_ids() const = 0;
+};
+
+/// Single process: every expert is local. Sorts token-slots by expert (stable), gathers, and
+/// scatter-adds the weighted outputs back.
+class LocalDispatcher : public TokenDispatcher {
+ public:
+  explicit LocalDispatcher(int64_t num_experts) : num_experts_(num_experts) {}
+  Dispatched dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx, const torch::Tensor& gates) override;
+  torch::Tensor combine(const torch::Tensor& weighted, const Dispatched& dispatched) override;
+  std::vector<int64_t> local_expert_ids() const override;
+
+ private:
+  int64_t num_experts_;
+};
+
+/// The slots of expert_idx [T, k] that go to an expert (index in [0, num_experts)), sorted stably by
+/// expert: their token indices and flat slot indices (t * k + j). Shared by every dispatcher.
+struct SortedSlots {
+  torch::Tensor token_idx;  ///< [S] int64
+  torch::Tensor slot_idx;   ///< [S] int64
+  torch::Tensor expert;     ///< [S] int64
+};
+SortedSlots sort_slots_by_expert(const torch::Tensor& expert_idx, int64_t num_experts);
+
+}  // namespace switchyard::modules

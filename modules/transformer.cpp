@@ -1,0 +1,120 @@
+// Transformer LM forward.
+#include "modules/transformer.h"
+
+#include <torch/version.h>
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace switchyard::modules {
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  const auto xf = x.to(torch::kFloat32);
+  const auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps_);
+  return (normed * weight.to(torch::kFloat32)).to(x.scalar_type());
+}
+
+AttentionImpl::AttentionImpl(const core::ModelConfig& config)
+    : n_heads_(config.n_heads), head_dim_(config.d_model / config.n_heads) {
+  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(config.d_model, 3 * config.d_model).bias(false)));
+  out = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(config.d_model, config.d_model).bias(false)));
+  torch::nn::init::normal_(qkv->weight, 0.0, config.init_std);
+  torch::nn::init::normal_(out->weight, 0.0, config.init_std / std::sqrt(2.0 * config.n_layers));
+  const int64_t half = head_dim_ / 2;
+  const auto inv_freq = torch::pow(config.rope_theta, -torch::arange(half, torch::kFloat64) / static_cast<double>(half));
+  const auto angles = torch::outer(torch::arange(config.seq_len, torch::kFloat64), inv_freq);
+  cos_ = register_buffer("rope_cos", angles.cos().to(torch::kFloat32));
+  sin_ = register_buffer("rope_sin", angles.sin().to(torch::kFloat32));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
+  const int64_t batch = x.size(0), seq = x.size(1), d = x.size(2);
+  SY_CHECK(seq <= cos_.size(0), "attention: sequence of ", seq, " tokens exceeds model.seq_len ", cos_.size(0));
+  auto qkv_out = qkv->forward(x).view({batch, seq, 3, n_heads_, head_dim_}).permute({2, 0, 3, 1, 4});
+  auto q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];  // [B, H, S, hd]
+  // RoPE, half-split convention: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos).
+  const int64_t half = head_dim_ / 2;
+  const auto cos = cos_.narrow(0, 0, seq).to(x.scalar_type()), sin = sin_.narrow(0, 0, seq).to(x.scalar_type());
+  auto rope = [&](const torch::Tensor& t) {
+    const auto t1 = t.narrow(-1, 0, half), t2 = t.narrow(-1, half, half);
+    return torch::cat({t1 * cos - t2 * sin, t1 * sin + t2 * cos}, -1);
+  };
+  q = rope(q);
+  k = rope(k);
+#if TORCH_VERSION_MAJOR >= 2
+  auto attn = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+#else
+  auto scores = q.matmul(k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
+  const auto mask = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).triu(1);
+  scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  auto attn = torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type()).matmul(v);
+#endif
+  return out->forward(attn.transpose(1, 2).reshape({batch, seq, d}));
+}
+
+TransformerLMImpl::TransformerLMImpl(const core::ModelConfig& model, const core::LossesConfig& losses, uint64_t seed,
+                                     DispatcherFactory dispatchers)
+    : config_(model) {
+  torch::manual_seed(seed);
+  embedding = register_module("embedding", torch::nn::Embedding(model.vocab_size, model.d_model));
+  torch::nn::init::normal_(embedding->weight, 0.0, model.init_std);
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t l = 0; l < model.n_layers; ++l) {
+    auto block = std::make_shared<torch::nn::Module>();
+    norms1_.push_back(block->register_module("norm1", RMSNorm(model.d_model, model.norm_eps)));
+    attentions_.push_back(block->register_module("attention", Attention(model)));
+    norms2_.push_back(block->register_module("norm2", RMSNorm(model.d_model, model.norm_eps)));
+    if ((l + 1) % model.moe.every == 0) {
+      moe_layers_.push_back(block->register_module(
+          "moe", MoELayer(model, losses, l, seed, dispatchers ? dispatchers(l) : nullptr)));
+      dense_ffns_.push_back(nullptr);
+    } else {
+      moe_layers_.push_back(nullptr);
+      dense_ffns_.push_back(block->register_module(
+          "ffn", Mlp(model.d_model, model.dense_ffn_hidden, core::ExpertKind::kSwiGLU, model.init_std)));
+    }
+    blocks->push_back(block);
+  }
+  final_norm = register_module("final_norm", RMSNorm(model.d_model, model.norm_eps));
+  if (!model.tie_embeddings) {
+    head = register_parameter("head", torch::randn({model.vocab_size, model.d_model}) * model.init_std);
+  }
+}
+
+LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens) {
+  SY_CHECK(tokens.dim() == 2, "transformer: expected tokens [B, S], got ", tokens.sizes());
+  LMOutput out;
+  auto h = embedding->forward(tokens);
+  out.aux_loss = torch::zeros({}, h.options().dtype(torch::kFloat32));
+  for (size_t l = 0; l < attentions_.size(); ++l) {
+    h = h + attentions_[l]->forward(norms1_[l]->forward(h));
+    const auto normed = norms2_[l]->forward(h);
+    if (moe_layers_[l]) {
+      auto moe = moe_layers_[l]->forward(normed, tokens);
+      h = h + moe.y;
+      for (auto& [name, value] : moe.losses) {
+        out.aux_loss = out.aux_loss + value;
+        auto it = out.losses.find(name);
+        out.losses[name] = it == out.losses.end() ? value : it->second + value;
+      }
+      out.moe_stats.push_back(std::move(moe.stats));
+    } else {
+      h = h + dense_ffns_[l]->forward(normed);
+    }
+  }
+  h = final_norm->forward(h);
+  out.logits = h.matmul((config_.tie_embeddings ? embedding->weight : head).t().to(h.scalar_type()));
+  return out;
+}
+
+torch::Tensor TransformerLMImpl::lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32),
+                                              targets.reshape({-1}));
+}
+
+}  // namespace switchyard::modules

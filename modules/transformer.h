@@ -1,0 +1,76 @@
+// Decoder-only transformer LM: embedding, RMSNorm, causal attention with RoPE, an MoE FFN every
+// `model.moe.every` layers (dense SwiGLU elsewhere), tied or untied output head.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "modules/experts.h"
+#include "modules/moe_layer.h"
+
+namespace switchyard::modules {
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const core::ModelConfig& config);
+  /// x [B, S, d] -> [B, S, d], causal.
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear qkv{nullptr}, out{nullptr};
+
+ private:
+  int64_t n_heads_, head_dim_;
+  torch::Tensor cos_, sin_;  ///< [seq_len, head_dim / 2] RoPE tables (buffers)
+};
+TORCH_MODULE(Attention);
+
+/// Creates the dispatcher of MoE layer `layer_idx` (parallel/ supplies distributed ones).
+using DispatcherFactory = std::function<std::shared_ptr<TokenDispatcher>(int64_t layer_idx)>;
+
+struct LMOutput {
+  torch::Tensor logits;                         ///< [B, S, vocab]
+  torch::Tensor aux_loss;                       ///< 0-dim: sum of every routing loss of every layer
+  std::map<std::string, torch::Tensor> losses;  ///< each routing loss summed over layers
+  std::vector<MoEStats> moe_stats;              ///< one per MoE layer, in layer order
+};
+
+class TransformerLMImpl : public torch::nn::Module {
+ public:
+  TransformerLMImpl(const core::ModelConfig& model, const core::LossesConfig& losses, uint64_t seed,
+                    DispatcherFactory dispatchers = nullptr);
+  /// tokens [B, S] int64 -> logits and routing losses.
+  LMOutput forward(const torch::Tensor& tokens);
+  /// Mean next-token cross entropy of logits [B, S, V] against targets [B, S].
+  static torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets);
+
+  std::vector<MoELayer> moe_layers() const { return moe_layers_; }
+
+ private:
+  core::ModelConfig config_;
+  torch::nn::Embedding embedding{nullptr};
+  torch::nn::ModuleList blocks;
+  RMSNorm final_norm{nullptr};
+  torch::Tensor head;  ///< [vocab, d] when untied
+  std::vector<MoELayer> moe_layers_;
+  std::vector<Mlp> dense_ffns_;
+  std::vector<Attention> attentions_;
+  std::vector<RMSNorm> norms1_, norms2_;
+};
+TORCH_MODULE(TransformerLM);
+
+}  // namespace switchyard::modules
