@@ -1,0 +1,77 @@
+// Collective communication over a group of ranks, on tensors. Backends: MpiCommunicator (CPU
+// tensors; CUDA tensors staged through host memory) and NcclCommunicator (CUDA tensors).
+//
+// Every operation is collective: all ranks of the group call it, in the same order. Every wait is
+// bounded by the communicator's timeout; past it the call throws CommError naming the operation and
+// the rank, and main() ends the job on every rank.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace switchyard::parallel {
+
+enum class ReduceOp { kSum, kMax, kMin };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  /// This rank's rank in MPI_COMM_WORLD (for messages and topology).
+  virtual int world_rank() const = 0;
+  virtual std::string backend_name() const = 0;
+
+  /// Sends rows of `send` ([sum(send_counts), ...], grouped by destination rank in order) and returns
+  /// the received rows [sum(recv_counts), ...] grouped by source rank. Counts are in rows (dim 0).
+  virtual torch::Tensor all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
+                                     const std::vector<int64_t>& recv_counts) = 0;
+  /// Exchanges one count per peer: returns what each peer sent to this rank.
+  virtual std::vector<int64_t> all_to_all_counts(const std::vector<int64_t>& send_counts) = 0;
+  /// In place.
+  virtual void all_reduce(torch::Tensor& tensor, ReduceOp op = ReduceOp::kSum) = 0;
+  /// Returns [size * n, ...]: every rank's tensor (equal shapes) in rank order.
+  virtual torch::Tensor all_gather(const torch::Tensor& tensor) = 0;
+  /// In place; `tensor` has the same shape on every rank.
+  virtual void broadcast(torch::Tensor& tensor, int root) = 0;
+  virtual void barrier() = 0;
+  /// Ranks with equal `color` form a new communicator, ordered by `key`. Collective.
+  virtual std::shared_ptr<Communicator> split(int color, int key) = 0;
+};
+
+/// Starts MPI (thread level >= serialized: autograd may run backward on a device thread) with
+/// MPI_ERRORS_RETURN, and finalizes it on destruction. One per process, in main().
+class MpiRuntime {
+ public:
+  MpiRuntime(int* argc, char*** argv);
+  ~MpiRuntime();
+  MpiRuntime(const MpiRuntime&) = delete;
+  MpiRuntime& operator=(const MpiRuntime&) = delete;
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  /// The world communicator with the given bounded wait.
+  std::shared_ptr<Communicator> world(double timeout_s) const;
+  /// Ends every rank of the job (after a fatal error on this one). Never returns.
+  [[noreturn]] static void abort_job(int exit_code);
+  static bool initialized();
+
+ private:
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+/// The MPI backend over MPI_COMM_WORLD.
+std::shared_ptr<Communicator> make_mpi_world(double timeout_s);
+
+/// The NCCL backend over the ranks of `bootstrap` (unique id broadcast over it); one GPU per rank:
+/// rank r uses CUDA device `device_index`. Throws CommError when NCCL is not built in.
+std::shared_ptr<Communicator> make_nccl_communicator(const std::shared_ptr<Communicator>& bootstrap,
+                                                     int device_index, double timeout_s);
+bool nccl_available();
+
+}  // namespace switchyard::parallel

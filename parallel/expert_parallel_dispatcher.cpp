@@ -1,0 +1,283 @@
+// Flat and hierarchical expert-parallel exchanges (see the layout notes in the header).
+#include "parallel/expert_parallel_dispatcher.h"
+
+#include <torch/torch.h>
+
+#include "core/error.h"
+
+namespace switchyard::parallel {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Origin key: (origin EP rank, token, slot) packed; slot is 0 when deduplicating.
+constexpr int64_t kTokenShift = 8;
+constexpr int64_t kRankShift = 40;
+
+/// Peer classes for byte accounting: -1 self, 0 same node, 1 other node.
+std::vector<int64_t> peer_classes(const Communicator& comm, const std::function<bool(int)>& remote) {
+  std::vector<int64_t> cls(comm.size());
+  for (int p = 0; p < comm.size(); ++p) cls[p] = p == comm.rank() ? -1 : (remote(p) ? 1 : 0);
+  return cls;
+}
+
+void count_bytes(ExchangeStats* stats, const std::vector<int64_t>& peer_class, const std::vector<int64_t>& rows,
+                 int64_t row_bytes) {
+  for (size_t p = 0; p < rows.size(); ++p) {
+    if (peer_class[p] == 0) stats->intra_node_bytes += rows[p] * row_bytes;
+    if (peer_class[p] == 1) stats->inter_node_bytes += rows[p] * row_bytes;
+  }
+}
+
+/// all_to_all_v of (rows, gates) as one autograd node: backward is the reverse exchange of both
+/// gradients, so every rank issues the backward collectives in the same order.
+class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, torch::Tensor rows, torch::Tensor gates, int64_t comm_handle,
+                               int64_t stats_handle, std::vector<int64_t> peer_class, std::vector<int64_t> send_counts,
+                               std::vector<int64_t> recv_counts) {
+    auto* comm = reinterpret_cast<Communicator*>(comm_handle);
+    auto* stats = reinterpret_cast<ExchangeStats*>(stats_handle);
+    ctx->saved_data["comm"] = comm_handle;
+    ctx->saved_data["stats"] = stats_handle;
+    ctx->saved_data["class"] = peer_class;
+    ctx->saved_data["send"] = send_counts;
+    ctx->saved_data["recv"] = recv_counts;
+    ctx->save_for_backward({rows.new_empty({0, rows.size(1)}), gates.new_empty({0, gates.size(1)})});
+    count_bytes(stats, peer_class, send_counts, rows.size(1) * rows.element_size() + gates.size(1) * gates.element_size());
+    auto out_rows = comm->all_to_all_v(rows, send_counts, recv_counts);
+    auto out_gates = comm->all_to_all_v(gates, send_counts, recv_counts);
+    return {out_rows, out_gates};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto* comm = reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
+    auto* stats = reinterpret_cast<ExchangeStats*>(ctx->saved_data["stats"].toInt());
+    const auto send = ctx->saved_data["send"].toIntVector();
+    const auto recv = ctx->saved_data["recv"].toIntVector();
+    const auto peer_class = ctx->saved_data["class"].toIntVector();
+    const auto like = ctx->get_saved_variables();
+    int64_t recv_rows = 0;
+    for (auto c : recv) recv_rows += c;
+    auto grad_rows = grads[0].defined() ? grads[0].contiguous() : like[0].new_zeros({recv_rows, like[0].size(1)});
+    auto grad_gates = grads[1].defined() ? grads[1].contiguous() : like[1].new_zeros({recv_rows, like[1].size(1)});
+    count_bytes(stats, peer_class, recv,
+                like[0].size(1) * like[0].element_size() + like[1].size(1) * like[1].element_size());
+    auto back_rows = comm->all_to_all_v(grad_rows, recv, send);
+    auto back_gates = comm->all_to_all_v(grad_gates, recv, send);
+    return {back_rows, back_gates, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+/// Exchanges rows and their gates (an autograd node; the way back passes a zero-width gates tensor).
+variable_list exchange(Communicator& comm, ExchangeStats& stats, const std::vector<int64_t>& peer_class,
+                       const torch::Tensor& rows, const torch::Tensor& gates, const std::vector<int64_t>& send,
+                       const std::vector<int64_t>& recv) {
+  return ExchangeFn::apply(rows, gates, reinterpret_cast<int64_t>(&comm), reinterpret_cast<int64_t>(&stats), peer_class,
+                           send, recv);
+}
+
+/// Metadata (no gradient): int64 rows.
+torch::Tensor exchange_meta(Communicator& comm, ExchangeStats& stats, const std::vector<int64_t>& peer_class,
+                            const torch::Tensor& meta, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
+  count_bytes(&stats, peer_class, send, meta.size(1) * meta.element_size());
+  return comm.all_to_all_v(meta, send, recv);
+}
+
+std::vector<int64_t> counts_per_group(const torch::Tensor& group_of_row, int64_t num_groups) {
+  const auto c = torch::bincount(group_of_row.to(torch::kCPU), {}, num_groups);
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + num_groups);
+}
+
+/// Rows (each with up to k slots) expanded into per-group rows: one per (row, group) when
+/// deduplicating, else one per slot. Output sorted by (group, row[, slot]).
+struct Expanded {
+  torch::Tensor source_row;  ///< [R] row each output row copies
+  torch::Tensor group;       ///< [R]
+  torch::Tensor slot_mask;   ///< [R, k] bool: slot j of the source row belongs to this output row
+};
+
+Expanded expand_rows(const torch::Tensor& slot_group /*[N, k], -1 unused*/, int64_t num_groups, bool dedup) {
+  const int64_t rows = slot_group.size(0), k = slot_group.size(1);
+  const auto flat = slot_group.reshape({-1});
+  const auto valid_slots = flat.ge(0).nonzero().reshape({-1});  // flat slot ids, ascending (row, slot)
+  const auto row_of_slot = valid_slots.div(k, "floor");
+  const auto j_of_slot = valid_slots.remainder(k);
+  const auto g = flat.index_select(0, valid_slots);
+  // Key orders by group, then row, then (without dedup) slot.
+  const auto key = dedup ? g * rows + row_of_slot : (g * rows + row_of_slot) * k + j_of_slot;
+  auto [unique_keys, inverse, counts] = at::_unique2(key, /*sorted=*/true, /*return_inverse=*/true, false);
+  Expanded e;
+  const auto unique_gr = dedup ? unique_keys : unique_keys.div(k, "floor");
+  e.group = unique_gr.div(std::max<int64_t>(rows, 1), "floor");
+  e.source_row = unique_gr.remainder(std::max<int64_t>(rows, 1));
+  e.slot_mask = torch::zeros({unique_keys.size(0), k}, torch::dtype(torch::kBool).device(slot_group.device()));
+  if (valid_slots.numel() > 0) e.slot_mask.index_put_({inverse, j_of_slot}, true);
+  (void)num_groups;
+  return e;
+}
+
+/// State kept between dispatch and combine.
+struct EpState {
+  // Origin side.
+  torch::Tensor node_row_token;     ///< [Nr] token of each node row
+  int64_t num_tokens = 0;
+  // Flat: rank rows at the origin. Hierarchical: rank rows at the intermediate.
+  torch::Tensor rank_row_node_row;  ///< [Rr] node row each rank row came from
+  int64_t num_node_rows = 0;        ///< node rows at the place rank rows were expanded
+  std::vector<int64_t> rank_send, rank_recv;
+  std::vector<int64_t> node_send, node_recv;  ///< hierarchical stage one
+  std::vector<int64_t> rank_class, node_class;
+  // Destination.
+  torch::Tensor canonical_order;    ///< [n] received row -> canonical position
+  torch::Tensor slot_row;           ///< [S] canonical row of each expert slot
+  int64_t num_recv_rows = 0;
+};
+
+}  // namespace
+
+ExpertParallelDispatcher::ExpertParallelDispatcher(std::shared_ptr<ProcessGroups> groups, ExpertPlacement placement,
+                                                   core::DispatcherKind kind, bool dedup)
+    : groups_(std::move(groups)), placement_(std::move(placement)), kind_(kind), dedup_(dedup),
+      stats_(std::make_shared<ExchangeStats>()) {
+  SY_CHECK_AS(ConfigError, placement_.experts_per_rank() * groups_->ep_size == placement_.num_experts(),
+              "placement: expects ", groups_->ep_size, " expert-parallel ranks");
+  SY_CHECK_AS(ConfigError, kind_ == core::DispatcherKind::kFlat || groups_->ep_ranks_per_node > 0,
+              "parallel.dispatcher: hierarchical needs nodes aligned with the expert-parallel group");
+}
+
+std::vector<int64_t> ExpertParallelDispatcher::local_expert_ids() const { return placement_.experts_of(groups_->ep_rank); }
+
+torch::Tensor ExpertParallelDispatcher::node_local_expert_mask() const {
+  auto mask = torch::zeros({placement_.num_experts()}, torch::kBool);
+  for (int64_t e = 0; e < placement_.num_experts(); ++e) {
+    mask[e] = !groups_->ep_peer_is_remote(static_cast<int>(placement_.owner(e)));
+  }
+  return mask;
+}
+
+modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx,
+                                                       const torch::Tensor& gates) {
+  const auto device = x.device();
+  const int64_t num_tokens = x.size(0), k = expert_idx.size(1);
+  const int64_t local_experts = placement_.experts_per_rank();
+  const bool flat = kind_ == core::DispatcherKind::kFlat;
+  // Flat with unaligned nodes: treat the whole EP group as one "node" for the row structure.
+  const int64_t per_node = groups_->ep_ranks_per_node > 0 ? groups_->ep_ranks_per_node : groups_->ep_size;
+  const int64_t num_nodes = groups_->ep_size / per_node;
+  auto state = std::make_shared<EpState>();
+  state->num_tokens = num_tokens;
+
+  const auto owners = torch::tensor(placement_.owners(), torch::kInt64).to(device);
+  const auto locals = torch::tensor(placement_.local_indices(), torch::kInt64).to(device);
+  const auto valid = expert_idx.ge(0);
+  const auto e = expert_idx.clamp_min(0);
+  const auto dest = owners.index_select(0, e.reshape({-1})).view_as(e);  // EP rank per slot
+  const auto target = (dest.remainder(per_node) * local_experts + locals.index_select(0, e.reshape({-1})).view_as(e))
+                          .masked_fill(valid.logical_not(), -1);  // local rank * L + local expert
+  const auto slot_node = dest.div(per_node, "floor").masked_fill(valid.logical_not(), -1);
+
+  // Node rows: (node, token), sorted; they carry gates and targets of the slots bound for that node.
+  const auto node_rows = expand_rows(slot_node, num_nodes, dedup_);
+  state->node_row_token = node_rows.source_row;
+  const auto node_x = x.index_select(0, node_rows.source_row);
+  const auto node_gates = gates.index_select(0, node_rows.source_row) * node_rows.slot_mask.to(gates.scalar_type());
+  const auto node_target = target.index_select(0, node_rows.source_row).masked_fill(node_rows.slot_mask.logical_not(), -1);
+  const int64_t my_rank = groups_->ep_rank;
+  torch::Tensor origin = node_rows.source_row * (int64_t{1} << kTokenShift) + (my_rank << kRankShift);
+  if (!dedup_) {
+    // Without dedup each row holds exactly one slot: add the slot to keep origin keys unique.
+    origin = origin + node_rows.slot_mask.to(torch::kInt64).argmax(1);
+  }
+
+  // Stage one (hierarchical only): node rows across nodes, to the peer with this local rank.
+  torch::Tensor mid_x = node_x, mid_gates = node_gates, mid_target = node_target, mid_origin = origin;
+  torch::Tensor mid_group;  // node index of each node row, for rank-row destinations
+  if (!flat) {
+    auto& inter = *groups_->ep_inter_node;
+    state->node_class = peer_classes(inter, [](int) { return true; });
+    state->node_send = counts_per_group(node_rows.group, num_nodes);
+    state->node_recv = inter.all_to_all_counts(state->node_send);
+    const auto meta = torch::cat({node_target, origin.unsqueeze(1)}, 1);
+    const auto recv_meta = exchange_meta(inter, *stats_, state->node_class, meta, state->node_send, state->node_recv);
+    auto recv = exchange(inter, *stats_, state->node_class, node_x, node_gates, state->node_send, state->node_recv);
+    mid_x = recv[0];
+    mid_gates = recv[1];
+    mid_target = recv_meta.narrow(1, 0, k);
+    mid_origin = recv_meta.select(1, k);
+    mid_group = torch::zeros({mid_x.size(0)}, torch::dtype(torch::kInt64).device(device));
+  } else {
+    mid_group = node_rows.group;
+  }
+
+  // Rank rows: node rows expanded per destination local rank, grouped by destination.
+  const auto slot_local_rank = torch::where(mid_target.ge(0), mid_target.div(local_experts, "floor"), mid_target);
+  const auto slot_dest = torch::where(mid_target.ge(0), mid_group.unsqueeze(1) * per_node + slot_local_rank, mid_target);
+  const int64_t num_dest = flat ? groups_->ep_size : per_node;
+  const auto dest_in_comm = flat ? slot_dest : slot_local_rank;
+  const auto rank_rows = expand_rows(dest_in_comm, num_dest, dedup_);
+  state->rank_row_node_row = rank_rows.source_row;
+  state->num_node_rows = mid_x.size(0);
+  const auto rank_x = mid_x.index_select(0, rank_rows.source_row);
+  const auto rank_gates = mid_gates.index_select(0, rank_rows.source_row) * rank_rows.slot_mask.to(mid_gates.scalar_type());
+  const auto rank_local = mid_target.index_select(0, rank_rows.source_row)
+                              .remainder(local_experts)
+                              .masked_fill(rank_rows.slot_mask.logical_not(), -1);
+  const auto rank_origin = mid_origin.index_select(0, rank_rows.source_row);
+
+  // Stage two (hierarchical) or the one exchange (flat).
+  auto& comm = flat ? *groups_->ep : *groups_->ep_intra_node;
+  if (flat) {
+    state->rank_class = peer_classes(comm, [this](int p) { return groups_->ep_peer_is_remote(p); });
+  } else {
+    state->rank_class = peer_classes(comm, [](int) { return false; });
+  }
+  state->rank_send = counts_per_group(rank_rows.group, num_dest);
+  state->rank_recv = comm.all_to_all_counts(state->rank_send);
+  const auto meta = torch::cat({rank_local, rank_origin.unsqueeze(1)}, 1);
+  const auto recv_meta = exchange_meta(comm, *stats_, state->rank_class, meta, state->rank_send, state->rank_recv);
+  auto recv = exchange(comm, *stats_, state->rank_class, rank_x, rank_gates, state->rank_send, state->rank_recv);
+
+  // Destination: canonical row order (by origin key), then slots grouped by local expert.
+  const auto recv_local = recv_meta.narrow(1, 0, k);
+  const auto recv_origin = recv_meta.select(1, k);
+  state->num_recv_rows = recv_meta.size(0);
+  state->canonical_order = std::get<1>(recv_origin.sort(/*stable=*/true, 0, false));
+  const auto rows_x = recv[0].index_select(0, state->canonical_order);
+  const auto rows_gates = recv[1].index_select(0, state->canonical_order);
+  const auto slots = modules::sort_slots_by_expert(recv_local.index_select(0, state->canonical_order), local_experts);
+  state->slot_row = slots.token_idx;
+
+  modules::Dispatched d;
+  d.tokens = rows_x.index_select(0, slots.token_idx);
+  d.slot_gates = rows_gates.reshape({-1}).index_select(0, slots.slot_idx);
+  d.tokens_per_expert = torch::bincount(slots.expert, {}, local_experts);
+  d.state = state;
+  return d;
+}
+
+torch::Tensor ExpertParallelDispatcher::combine(const torch::Tensor& weighted, const modules::Dispatched& dispatched) {
+  const auto& state = *static_cast<const EpState*>(dispatched.state.get());
+  const bool flat = kind_ == core::DispatcherKind::kFlat;
+  const int64_t d = weighted.size(1);
+  const auto opts = weighted.options();
+
+  // Destination: one sum per row (its slots in local-expert order), back to arrival order.
+  const auto canonical = torch::zeros({state.num_recv_rows, d}, opts).index_add(0, state.slot_row, weighted);
+  const auto arrival = torch::zeros_like(canonical).index_copy(0, state.canonical_order, canonical);
+
+  auto& comm = flat ? *groups_->ep : *groups_->ep_intra_node;
+  const auto back = exchange(comm, *stats_, state.rank_class, arrival,
+                             torch::zeros({arrival.size(0), 0}, opts), state.rank_recv, state.rank_send)[0];
+  // Rank rows into their node rows (local-rank order).
+  auto node_out = torch::zeros({state.num_node_rows, d}, opts).index_add(0, state.rank_row_node_row, back);
+  if (!flat) {
+    node_out = exchange(*groups_->ep_inter_node, *stats_, state.node_class, node_out,
+                        torch::zeros({node_out.size(0), 0}, opts), state.node_recv, state.node_send)[0];
+  }
+  // Node rows into tokens (node order).
+  return torch::zeros({state.num_tokens, d}, opts).index_add(0, state.node_row_token, node_out);
+}
+
+}  // namespace switchyard::parallel

@@ -1,0 +1,142 @@
+// Topology detection, group construction and expert placement.
+#include "parallel/process_groups.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <set>
+
+#include "core/error.h"
+
+namespace switchyard::parallel {
+
+int Topology::num_nodes() const {
+  return static_cast<int>(std::set<int>(node_of_rank.begin(), node_of_rank.end()).size());
+}
+
+int Topology::uniform_ranks_per_node() const {
+  const int nodes = num_nodes();
+  if (world_size % nodes != 0) return 0;
+  const int per_node = world_size / nodes;
+  for (int r = 0; r < world_size; ++r) {
+    if (node_of_rank[r] != r / per_node) return 0;
+  }
+  return per_node;
+}
+
+std::vector<int> detect_shared_memory_nodes() {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MPI_Comm node = MPI_COMM_NULL;
+  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) != MPI_SUCCESS) {
+    throw CommError(detail::concat("[rank ", rank, "] MPI_Comm_split_type(SHARED) failed"));
+  }
+  // Each node is named by its lowest world rank; then numbered in that order.
+  int leader = rank;
+  MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, node);
+  MPI_Comm_free(&node);
+  std::vector<int> leaders(size);
+  MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  std::vector<int> sorted(leaders);
+  std::sort(sorted.begin(), sorted.end());
+  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+  std::vector<int> node_of_rank(size);
+  for (int r = 0; r < size; ++r) {
+    node_of_rank[r] = static_cast<int>(std::lower_bound(sorted.begin(), sorted.end(), leaders[r]) - sorted.begin());
+  }
+  return node_of_rank;
+}
+
+Topology Topology::detect(Communicator& world, int64_t ranks_per_node) {
+  Topology t;
+  t.world_size = world.size();
+  t.rank = world.rank();
+  t.node_of_rank.resize(t.world_size);
+  if (ranks_per_node > 0) {
+    SY_CHECK_AS(ConfigError, t.world_size % ranks_per_node == 0, "parallel.ranks_per_node: must divide the number of ranks (",
+                t.world_size, "), got ", ranks_per_node);
+    t.emulated = true;
+    for (int r = 0; r < t.world_size; ++r) t.node_of_rank[r] = static_cast<int>(r / ranks_per_node);
+  } else {
+    t.node_of_rank = detect_shared_memory_nodes();
+  }
+  return t;
+}
+
+bool ProcessGroups::ep_peer_is_remote(int ep_peer) const {
+  const int base = topology.rank - ep_rank;  // world rank of EP rank 0 of this group
+  return topology.node_of_rank[base + ep_peer] != topology.node_idx();
+}
+
+std::shared_ptr<ProcessGroups> ProcessGroups::create(std::shared_ptr<Communicator> world,
+                                                     const core::ParallelConfig& config) {
+  auto g = std::make_shared<ProcessGroups>();
+  g->world = world;
+  g->topology = Topology::detect(*world, config.ranks_per_node);
+  const int size = world->size(), rank = world->rank();
+  const int ep = static_cast<int>(config.expert_parallel);
+  SY_CHECK_AS(ConfigError, size % ep == 0, "parallel.expert_parallel: must divide the number of ranks (", size,
+              "), got ", ep);
+  g->ep_size = ep;
+  g->ep_rank = rank % ep;
+  g->ep = world->split(rank / ep, rank);
+  g->expert_dp = world->split(rank % ep, rank);
+
+  // Nodes inside the EP group: whole nodes (EP a multiple of G) or one partial node (G a multiple of EP).
+  const int per_node = g->topology.uniform_ranks_per_node();
+  if (per_node > 0 && ep % per_node == 0) {
+    g->ep_ranks_per_node = per_node;
+  } else if (per_node > 0 && per_node % ep == 0) {
+    g->ep_ranks_per_node = ep;
+  } else {
+    g->ep_ranks_per_node = 0;
+  }
+  if (g->ep_ranks_per_node > 0) {
+    g->ep_num_nodes = ep / g->ep_ranks_per_node;
+    g->ep_node_idx = g->ep_rank / g->ep_ranks_per_node;
+    g->ep_local_rank = g->ep_rank % g->ep_ranks_per_node;
+    g->ep_intra_node = g->ep->split(g->ep_node_idx, g->ep_rank);
+    g->ep_inter_node = g->ep->split(g->ep_local_rank, g->ep_rank);
+  } else {
+    // Keep the collective call sequence identical on all ranks.
+    g->ep_intra_node = g->ep->split(0, g->ep_rank);
+    g->ep_inter_node = g->ep_intra_node;
+    SY_CHECK_AS(ConfigError, config.dispatcher != core::DispatcherKind::kHierarchical,
+                "parallel.dispatcher: hierarchical needs nodes of equal size that align with the expert-parallel "
+                "group (parallel.expert_parallel ", ep, "); set parallel.ranks_per_node or use flat");
+  }
+  return g;
+}
+
+ExpertPlacement::ExpertPlacement(std::vector<int64_t> owner, int64_t ep_size)
+    : owner_(std::move(owner)), local_index_(owner_.size()), ep_size_(ep_size) {
+  const int64_t num = num_experts();
+  SY_CHECK_AS(ConfigError, num % ep_size == 0, "placement: ", num, " experts do not split over ", ep_size, " ranks");
+  experts_per_rank_ = num / ep_size;
+  std::vector<int64_t> held(ep_size, 0);
+  for (int64_t e = 0; e < num; ++e) {
+    SY_CHECK_AS(ConfigError, owner_[e] >= 0 && owner_[e] < ep_size, "placement: expert ", e, " is on rank ", owner_[e],
+                ", outside [0, ", ep_size, ")");
+    local_index_[e] = held[owner_[e]]++;
+  }
+  for (int64_t r = 0; r < ep_size; ++r) {
+    SY_CHECK_AS(ConfigError, held[r] == experts_per_rank_, "placement: rank ", r, " holds ", held[r],
+                " experts, expected ", experts_per_rank_);
+  }
+}
+
+ExpertPlacement ExpertPlacement::contiguous(int64_t num_experts, int64_t ep_size) {
+  std::vector<int64_t> owner(num_experts);
+  for (int64_t e = 0; e < num_experts; ++e) owner[e] = e / (num_experts / ep_size);
+  return ExpertPlacement(owner, ep_size);
+}
+
+std::vector<int64_t> ExpertPlacement::experts_of(int64_t ep_rank) const {
+  std::vector<int64_t> ids;
+  for (int64_t e = 0; e < num_experts(); ++e)
+    if (owner_[e] == ep_rank) ids.push_back(e);
+  return ids;
+}
+
+}  // namespace switchyard::parallel

@@ -1,0 +1,76 @@
+// Topology (rank -> node, local rank), the communicator groups of expert parallelism, and expert
+// placement (which rank of the expert-parallel group holds each expert).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/config.h"
+#include "parallel/communicator.h"
+
+namespace switchyard::parallel {
+
+/// Where each world rank runs. Detected (MPI_Comm_split_type SHARED) or emulated with
+/// `parallel.ranks_per_node: N` (nodes of N consecutive ranks).
+struct Topology {
+  int world_size = 1;
+  int rank = 0;
+  std::vector<int> node_of_rank;  ///< world rank -> node index (nodes numbered by their lowest rank)
+  bool emulated = false;
+
+  int node_idx() const { return node_of_rank[rank]; }
+  int num_nodes() const;
+  /// Ranks per node when every node has the same number of consecutive ranks, else 0.
+  int uniform_ranks_per_node() const;
+
+  /// Collective over `world`.
+  static Topology detect(Communicator& world, int64_t ranks_per_node);
+};
+
+/// Node index of every world rank from MPI_Comm_split_type(SHARED). Collective over MPI_COMM_WORLD.
+std::vector<int> detect_shared_memory_nodes();
+
+/// The groups of one run. Expert-parallel (EP) groups are blocks of `expert_parallel` consecutive
+/// ranks, each holding one copy of all experts; the expert data-parallel group of a rank is the ranks
+/// with its EP rank in every EP group. Inside an EP group, nodes hold `ep_ranks_per_node` consecutive
+/// EP ranks: `ep_intra_node` connects those, `ep_inter_node` the EP ranks with the same local rank.
+struct ProcessGroups {
+  std::shared_ptr<Communicator> world, ep, expert_dp, ep_intra_node, ep_inter_node;
+  Topology topology;
+  int ep_size = 1, ep_rank = 0;
+  int ep_ranks_per_node = 1;  ///< G' (0 when nodes do not align with the EP group: flat only)
+  int ep_num_nodes = 1;
+  int ep_node_idx = 0, ep_local_rank = 0;
+
+  /// Whether EP peer `ep_peer` is on another node than this rank.
+  bool ep_peer_is_remote(int ep_peer) const;
+
+  /// Collective over `world`. Throws ConfigError naming the key when the layout does not fit.
+  static std::shared_ptr<ProcessGroups> create(std::shared_ptr<Communicator> world, const core::ParallelConfig& config);
+};
+
+/// Which EP rank holds each expert of one MoE layer, and at which local index.
+class ExpertPlacement {
+ public:
+  /// owner[e] = EP rank holding expert e; every rank must hold the same number of experts.
+  ExpertPlacement(std::vector<int64_t> owner, int64_t ep_size);
+  static ExpertPlacement contiguous(int64_t num_experts, int64_t ep_size);
+
+  int64_t num_experts() const { return static_cast<int64_t>(owner_.size()); }
+  int64_t experts_per_rank() const { return experts_per_rank_; }
+  int64_t owner(int64_t expert) const { return owner_[expert]; }
+  int64_t local_index(int64_t expert) const { return local_index_[expert]; }
+  /// Global ids held by `ep_rank`, ascending (their local order).
+  std::vector<int64_t> experts_of(int64_t ep_rank) const;
+  const std::vector<int64_t>& owners() const { return owner_; }
+  const std::vector<int64_t>& local_indices() const { return local_index_; }
+
+ private:
+  std::vector<int64_t> owner_, local_index_;
+  int64_t ep_size_, experts_per_rank_;
+};
+
+}  // namespace switchyard::parallel

@@ -1,0 +1,285 @@
+// Expert parallelism under mpiexec against the single-process reference (values and gradients).
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "modules/moe_layer.h"
+#include "parallel/communicator.h"
+#include "parallel/expert_parallel.h"
+#include "tests/test_util.h"
+
+namespace switchyard::parallel {
+namespace {
+
+using core::DispatcherKind;
+using switchyard::testing::rel_l2;
+
+std::shared_ptr<Communicator> world() {
+  static auto comm = make_mpi_world(60.0);
+  return comm;
+}
+
+core::Config base_config(int64_t ep, DispatcherKind dispatcher, int64_t ranks_per_node) {
+  core::Config c;
+  c.model.d_model = 8;
+  c.model.init_std = 0.3;
+  c.model.moe.num_experts = 8;
+  c.model.moe.top_k = 2;
+  c.model.moe.ffn_hidden = 6;
+  c.losses.load_balance = 0.1;
+  c.losses.load_balance_scope = core::BalanceScope::kGlobalBatch;
+  c.losses.z_loss = 0.01;
+  c.parallel.expert_parallel = ep;
+  c.parallel.dispatcher = dispatcher;
+  c.parallel.ranks_per_node = ranks_per_node;
+  return c;
+}
+
+struct Built {
+  std::shared_ptr<ProcessGroups> groups;
+  std::shared_ptr<ExpertParallelDispatcher> dispatcher;
+  modules::MoELayer layer{nullptr};
+};
+
+Built build(const core::Config& c, std::vector<int64_t> owner = {}, bool dedup = true) {
+  Built b;
+  b.groups = ProcessGroups::create(world(), c.parallel);
+  auto placement = owner.empty() ? ExpertPlacement::contiguous(c.model.moe.num_experts, c.parallel.expert_parallel)
+                                 : ExpertPlacement(owner, c.parallel.expert_parallel);
+  b.dispatcher = std::make_shared<ExpertParallelDispatcher>(b.groups, placement, c.parallel.dispatcher, dedup);
+  torch::manual_seed(7);
+  b.layer = modules::MoELayer(c.model, c.losses, 0, 5, b.dispatcher);
+  attach(*b.layer, *b.dispatcher, *b.groups, c.losses);
+  return b;
+}
+
+modules::MoELayer reference_layer(const core::Config& c) {
+  torch::manual_seed(7);
+  return modules::MoELayer(c.model, c.losses, 0, 5);
+}
+
+/// Each rank's share of a global batch: rows [offset, offset + count).
+struct Share {
+  int64_t offset, count, total;
+};
+Share even_share(int64_t per_rank) {
+  const int r = world()->rank(), n = world()->size();
+  return {r * per_rank, per_rank, n * per_rank};
+}
+
+torch::Tensor total_loss(const modules::MoEOutput& out, const torch::Tensor& probe) {
+  auto loss = (out.y * probe).sum(1).mean();
+  for (const auto& [name, value] : out.losses) loss = loss + value;
+  return loss;
+}
+
+/// Runs the distributed layer on this rank's share and the reference on the global batch; compares
+/// outputs, input gradients and every parameter gradient after sync_gradients.
+void expect_matches_reference(const core::Config& c, std::vector<int64_t> owner = {}) {
+  const Share share = even_share(6);
+  torch::manual_seed(123);
+  const auto x_all = torch::randn({share.total, 8});
+  const auto probe_all = torch::randn({share.total, 8});
+
+  auto ref = reference_layer(c);
+  const auto x_ref = x_all.clone().requires_grad_();
+  total_loss(ref->forward(x_ref), probe_all).backward();
+
+  auto dist = build(c, owner);
+  const auto x = x_all.narrow(0, share.offset, share.count).clone().requires_grad_();
+  const auto out = dist.layer->forward(x);
+  total_loss(out, probe_all.narrow(0, share.offset, share.count)).backward();
+  sync_gradients(*dist.layer, *dist.groups);
+
+  const std::string what = "EP " + std::to_string(c.parallel.expert_parallel) + " of " +
+                           std::to_string(world()->size()) + ", " + core::enum_name(c.parallel.dispatcher);
+  const int64_t n = world()->size();
+  EXPECT_LT(rel_l2(out.y, ref->forward(x_all).y.narrow(0, share.offset, share.count)), 1e-5) << what;
+  EXPECT_LT(rel_l2(x.grad() / n, x_ref.grad().narrow(0, share.offset, share.count)), 1e-5) << what;
+  const auto ids = torch::tensor(dist.dispatcher->local_expert_ids(), torch::kInt64);
+  auto ref_params = ref->named_parameters();
+  for (const auto& p : dist.layer->named_parameters()) {
+    auto expected = ref_params[p.key()].grad();
+    if (is_expert_parameter(p.key())) expected = expected.index_select(0, ids);
+    EXPECT_LT(rel_l2(p.value().grad(), expected), 1e-5) << what << " " << p.key();
+  }
+}
+
+TEST(ExpertParallel, WorldSizeInvarianceFlat) {
+  const int n = world()->size();
+  for (int ep = 1; ep <= n; ep *= 2) {
+    if (n % ep) continue;
+    expect_matches_reference(base_config(ep, DispatcherKind::kFlat, 0));
+  }
+}
+
+TEST(ExpertParallel, WorldSizeInvarianceHierarchical) {
+  const int n = world()->size();
+  for (int rpn : {1, 2}) {
+    if (n % rpn) continue;
+    expect_matches_reference(base_config(n, DispatcherKind::kHierarchical, rpn));
+  }
+}
+
+TEST(ExpertParallel, RandomPlacementEqualsReference) {
+  const int n = world()->size();
+  auto perm = torch::randperm(8, torch::TensorOptions().dtype(torch::kInt64));
+  world()->broadcast(perm, 0);
+  std::vector<int64_t> owner(8);
+  for (int64_t i = 0; i < 8; ++i) owner[perm[i].item<int64_t>()] = i / (8 / n);
+  expect_matches_reference(base_config(n, DispatcherKind::kFlat, 0), owner);
+  if (n % 2 == 0) expect_matches_reference(base_config(n, DispatcherKind::kHierarchical, 2), owner);
+}
+
+/// Forward outputs and all gradients of two dispatch configurations, bitwise.
+void expect_bitwise_equal(const core::Config& a_cfg, const core::Config& b_cfg) {
+  const Share share = even_share(7);
+  torch::manual_seed(99);
+  const auto x_all = torch::randn({share.total, 8});
+  auto run = [&](const core::Config& c) {
+    auto b = build(c);
+    auto x = x_all.narrow(0, share.offset, share.count).clone().requires_grad_();
+    auto out = b.layer->forward(x);
+    total_loss(out, torch::ones_like(out.y)).backward();
+    std::vector<torch::Tensor> result{out.y.detach(), x.grad()};
+    for (const auto& p : b.layer->parameters()) result.push_back(p.grad());
+    return result;
+  };
+  const auto a = run(a_cfg), b = run(b_cfg);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "tensor " << i;
+}
+
+TEST(ExpertParallel, HierarchicalEqualsFlatBitwise) {
+  const int n = world()->size();
+  for (int rpn : {1, 2}) {
+    if (n % rpn) continue;
+    expect_bitwise_equal(base_config(n, DispatcherKind::kFlat, rpn), base_config(n, DispatcherKind::kHierarchical, rpn));
+  }
+}
+
+TEST(ExpertParallel, DedupSendsFewerBytesForEqualResults) {
+  const int n = world()->size();
+  if (n < 2) GTEST_SKIP() << "needs peers";
+  auto c = base_config(n, DispatcherKind::kFlat, 1);
+  torch::manual_seed(5);
+  const auto x = torch::randn({20, 8});
+  auto with = build(c, {}, true), without = build(c, {}, false);
+  const auto y_with = with.layer->forward(x).y, y_without = without.layer->forward(x).y;
+  EXPECT_LT(rel_l2(y_with, y_without), 1e-6);
+  auto bytes = torch::tensor({with.dispatcher->stats().inter_node_bytes, without.dispatcher->stats().inter_node_bytes});
+  world()->all_reduce(bytes, ReduceOp::kSum);
+  EXPECT_LT(bytes[0].item<int64_t>(), bytes[1].item<int64_t>());
+  EXPECT_GT(bytes[0].item<int64_t>(), 0);
+}
+
+TEST(ExpertParallel, UnevenTokensAndIdleExpertsAndRanks) {
+  // Rank r holds {3, 5, 0, 7}[r % 4] tokens, and every token hashes to one expert: most experts and
+  // some ranks get nothing. Loss is a plain sum, so gradients add up without scaling.
+  const int n = world()->size(), r = world()->rank();
+  const int64_t counts[] = {3, 5, 0, 7};
+  int64_t offset = 0, total = 0;
+  for (int i = 0; i < n; ++i) {
+    if (i < r) offset += counts[i % 4];
+    total += counts[i % 4];
+  }
+  auto c = base_config(n, DispatcherKind::kFlat, 0);
+  c.model.moe.router.kind = core::RouterKind::kHash;
+  c.losses.load_balance = 0;
+  c.losses.z_loss = 0;
+  torch::manual_seed(3);
+  const auto x_all = torch::randn({total, 8});
+  const auto ids_all = torch::full({total}, 11, torch::kInt64);
+  auto ref = reference_layer(c);
+  auto x_ref = x_all.clone().requires_grad_();
+  const auto y_ref = ref->forward(x_ref, ids_all).y;
+  y_ref.sum().backward();
+
+  auto dist = build(c);
+  auto x = x_all.narrow(0, offset, counts[r % 4]).clone().requires_grad_();
+  const auto y = dist.layer->forward(x, ids_all.narrow(0, offset, counts[r % 4])).y;
+  y.sum().backward();
+  sync_gradients(*dist.layer, *dist.groups);
+  if (x.size(0) > 0) {
+    EXPECT_LT(rel_l2(y, y_ref.narrow(0, offset, x.size(0))), 1e-6);
+    EXPECT_LT(rel_l2(x.grad(), x_ref.grad().narrow(0, offset, x.size(0))), 1e-6);
+  } else {
+    EXPECT_EQ(y.size(0), 0);
+  }
+  const auto ids = torch::tensor(dist.dispatcher->local_expert_ids(), torch::kInt64);
+  const auto expected = ref->experts->w_in.grad().index_select(0, ids);
+  EXPECT_TRUE(torch::allclose(dist.layer->experts->w_in.grad() * n, expected, 1e-5, 1e-7));
+}
+
+/// SMILE and LocMoE on an emulated 2-node topology: every rank's output and losses equal a
+/// single-process layer on the same tokens (with its node's locality mask).
+void expect_matches_local_reference(core::Config c) {
+  auto dist = build(c);
+  torch::manual_seed(40 + world()->rank());
+  const auto x = torch::randn({16, c.model.d_model}, torch::requires_grad());
+  const auto out = dist.layer->forward(x);
+  auto loss = out.y.pow(2).sum();
+  for (const auto& [name, value] : out.losses) loss = loss + value;
+  loss.backward();
+
+  auto ref = reference_layer(c);
+  ref->set_local_expert_mask(dist.dispatcher->node_local_expert_mask());
+  const auto x_ref = x.detach().clone().requires_grad_();
+  const auto ref_out = ref->forward(x_ref);
+  auto ref_loss = ref_out.y.pow(2).sum();
+  for (const auto& [name, value] : ref_out.losses) ref_loss = ref_loss + value;
+  ref_loss.backward();
+
+  EXPECT_LT(rel_l2(out.y, ref_out.y), 1e-5);
+  EXPECT_LT(rel_l2(x.grad(), x_ref.grad()), 1e-5);
+  ASSERT_EQ(out.losses.size(), ref_out.losses.size());
+  for (const auto& [name, value] : out.losses) {
+    EXPECT_NEAR(value.item<double>(), ref_out.losses.at(name).item<double>(), 1e-6) << name;
+  }
+  EXPECT_EQ(out.stats.capacity, ref_out.stats.capacity);
+}
+
+TEST(ExpertParallel, SmileOnTwoNodes) {
+  const int n = world()->size();
+  auto c = base_config(n, DispatcherKind::kHierarchical, n >= 2 ? n / 2 : 1);
+  c.model.moe.router.kind = core::RouterKind::kBilevel;
+  c.model.moe.router.groups = 2;
+  c.model.moe.top_k = 1;
+  c.losses.load_balance_scope = core::BalanceScope::kMicroBatch;
+  expect_matches_local_reference(c);
+}
+
+TEST(ExpertParallel, LocMoEOnTwoNodes) {
+  const int n = world()->size();
+  auto c = base_config(n, DispatcherKind::kHierarchical, n >= 2 ? n / 2 : 1);
+  c.model.moe.router.kind = core::RouterKind::kGrap;
+  c.model.moe.top_k = 1;
+  c.model.moe.capacity_factor = 1.0;
+  c.losses.locality = 0.05;
+  c.losses.load_balance_scope = core::BalanceScope::kMicroBatch;
+  auto probe = build(c);
+  const auto mask = probe.dispatcher->node_local_expert_mask();
+  EXPECT_EQ(mask.sum().item<int64_t>(), n >= 2 ? 4 : 8);  // half the experts sit on this node
+  expect_matches_local_reference(c);
+}
+
+TEST(ExpertParallel, GroupsDescribeTheLayout) {
+  const int n = world()->size();
+  if (n != 4) GTEST_SKIP() << "layout checked at 4 ranks";
+  auto c = base_config(2, DispatcherKind::kFlat, 2);
+  auto g = ProcessGroups::create(world(), c.parallel);
+  const int r = world()->rank();
+  EXPECT_EQ(g->ep->size(), 2);
+  EXPECT_EQ(g->ep_rank, r % 2);
+  EXPECT_EQ(g->expert_dp->size(), 2);
+  EXPECT_EQ(g->topology.node_idx(), r / 2);
+  EXPECT_EQ(g->ep_num_nodes, 1);
+  auto c4 = base_config(4, DispatcherKind::kHierarchical, 2);
+  auto g4 = ProcessGroups::create(world(), c4.parallel);
+  EXPECT_EQ(g4->ep_num_nodes, 2);
+  EXPECT_EQ(g4->ep_local_rank, r % 2);
+  EXPECT_EQ(g4->ep_inter_node->size(), 2);
+  EXPECT_EQ(g4->ep_intra_node->size(), 2);
+}
+
+}  // namespace
+}  // namespace switchyard::parallel
