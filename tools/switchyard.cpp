@@ -12,6 +12,9 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/logging.h"
+#include "parallel/alltoall_benchmark.h"
+#include "parallel/communicator.h"
+#include "parallel/fatal.h"
 
 namespace {
 
@@ -53,6 +56,16 @@ int run(int argc, char** argv) {
   CLI::App* reference_cmd =
       config_cmd->add_subcommand("reference", "print every config key with type, default and bounds (Markdown)");
 
+  CLI::App* bench_cmd = app.add_subcommand("bench", "micro-benchmarks (JSON lines on stdout)");
+  bench_cmd->require_subcommand(1);
+  parallel::AlltoallBenchOptions a2a;
+  CLI::App* a2a_cmd = bench_cmd->add_subcommand("alltoall", "our exchange against raw MPI_Alltoallv (run under mpirun)");
+  a2a_cmd->add_option("--ranks-per-node", a2a.ranks_per_node, "emulated ranks per node (0 = detect)")
+      ->check(CLI::NonNegativeNumber);
+  a2a_cmd->add_option("--bytes", a2a.bytes_per_peer, "bytes per peer, one run each")->delimiter(',');
+  a2a_cmd->add_option("--iters", a2a.iters, "timed iterations (median reported)")->check(CLI::PositiveNumber);
+  a2a_cmd->add_option("--device", a2a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -71,6 +84,12 @@ int run(int argc, char** argv) {
     std::cout << core::config_reference_markdown();
     return 0;
   }
+  if (a2a_cmd->parsed()) {
+    parallel::MpiRuntime mpi(&argc, &argv);
+    core::set_log_rank(mpi.rank(), mpi.size());
+    parallel::run_alltoall_benchmark(a2a);
+    return 0;
+  }
   SY_ASSERT(false, "no subcommand ran");
   return 1;
 }
@@ -81,7 +100,6 @@ int main(int argc, char** argv) {
   try {
     return run(argc, argv);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return switchyard::exit_code_for(e);
+    return switchyard::parallel::report_fatal(e);
   }
 }

@@ -74,7 +74,8 @@ torch::Tensor total_loss(const modules::MoEOutput& out, const torch::Tensor& pro
 
 /// Runs the distributed layer on this rank's share and the reference on the global batch; compares
 /// outputs, input gradients and every parameter gradient after sync_gradients.
-void expect_matches_reference(const core::Config& c, std::vector<int64_t> owner = {}) {
+void expect_matches_reference(const core::Config& c, std::vector<int64_t> owner = {},
+                              torch::Device device = torch::kCPU) {
   const Share share = even_share(6);
   torch::manual_seed(123);
   const auto x_all = torch::randn({share.total, 8});
@@ -85,13 +86,15 @@ void expect_matches_reference(const core::Config& c, std::vector<int64_t> owner 
   total_loss(ref->forward(x_ref), probe_all).backward();
 
   auto dist = build(c, owner);
-  const auto x = x_all.narrow(0, share.offset, share.count).clone().requires_grad_();
+  dist.layer->to(device);
+  const auto x = x_all.narrow(0, share.offset, share.count).to(device).requires_grad_();
   const auto out = dist.layer->forward(x);
-  total_loss(out, probe_all.narrow(0, share.offset, share.count)).backward();
+  total_loss(out, probe_all.narrow(0, share.offset, share.count).to(device)).backward();
   sync_gradients(*dist.layer, *dist.groups);
 
   const std::string what = "EP " + std::to_string(c.parallel.expert_parallel) + " of " +
-                           std::to_string(world()->size()) + ", " + core::enum_name(c.parallel.dispatcher);
+                           std::to_string(world()->size()) + ", " + core::enum_name(c.parallel.dispatcher) + ", " +
+                           device.str();
   const int64_t n = world()->size();
   EXPECT_LT(rel_l2(out.y, ref->forward(x_all).y.narrow(0, share.offset, share.count)), 1e-5) << what;
   EXPECT_LT(rel_l2(x.grad() / n, x_ref.grad().narrow(0, share.offset, share.count)), 1e-5) << what;
@@ -118,6 +121,15 @@ TEST(ExpertParallel, WorldSizeInvarianceHierarchical) {
     if (n % rpn) continue;
     expect_matches_reference(base_config(n, DispatcherKind::kHierarchical, rpn));
   }
+}
+
+TEST(ExpertParallel, CudaTensorsOverTheMpiBackendMatchTheCpuReference) {
+  // On the GPU machine every rank shares the one GPU; the MPI backend stages CUDA tensors through
+  // host memory (that Open MPI is not CUDA-aware).
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const int n = world()->size();
+  expect_matches_reference(base_config(n, DispatcherKind::kFlat, 0), {}, torch::kCUDA);
+  if (n % 2 == 0) expect_matches_reference(base_config(n, DispatcherKind::kHierarchical, n / 2), {}, torch::kCUDA);
 }
 
 TEST(ExpertParallel, RandomPlacementEqualsReference) {
