@@ -153,7 +153,13 @@ class MpiCommunicator : public Communicator {
     SY_CHECK_AS(CommError, static_cast<int>(send_counts.size()) == size_ && static_cast<int>(recv_counts.size()) == size_,
                 "[rank ", world_rank_, "] all_to_all_v: expected ", size_, " counts");
     const auto device = send_in.device();
-    const auto send = send_in.to(torch::kCPU).contiguous();  // stages CUDA tensors through host memory
+    auto send = send_in.contiguous();
+    if (!send.is_cpu()) {  // stage CUDA tensors through (pooled) host memory
+      std::vector<int64_t> dims(send.sizes().begin(), send.sizes().end());
+      auto host = HostBufferPool::instance()->empty(dims, send.options().device(torch::kCPU));
+      host.copy_(send);
+      send = host;
+    }
     std::vector<int64_t> shape(send.sizes().begin(), send.sizes().end());
     if (shape.empty()) shape.push_back(0);
     int64_t row_elems = 1;
