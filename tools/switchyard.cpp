@@ -15,6 +15,10 @@
 #include "parallel/alltoall_benchmark.h"
 #include "parallel/communicator.h"
 #include "parallel/fatal.h"
+#include "trainer/checkpoint.h"
+#include "trainer/trainer.h"
+
+#include <google/protobuf/util/json_util.h>
 
 namespace {
 
@@ -56,6 +60,25 @@ int run(int argc, char** argv) {
   CLI::App* reference_cmd =
       config_cmd->add_subcommand("reference", "print every config key with type, default and bounds (Markdown)");
 
+  ConfigArgs train_args;
+  std::string run_dir, resume = "auto";
+  CLI::App* train_cmd = app.add_subcommand("train", "train a model (under mpirun for several ranks)");
+  train_args.add_to(train_cmd);
+  train_cmd->add_option("--run-dir", run_dir, "run directory (overrides train.run_dir)");
+  train_cmd->add_option("--resume", resume, "auto (newest checkpoint in the run dir), never, or a checkpoint path");
+
+  ConfigArgs eval_args;
+  std::string eval_checkpoint;
+  CLI::App* eval_cmd = app.add_subcommand("eval", "validation loss of a checkpoint (one JSON line)");
+  eval_args.add_to(eval_cmd);
+  eval_cmd->add_option("--checkpoint", eval_checkpoint, "checkpoint directory")->required();
+
+  std::string inspect_dir;
+  bool inspect_json = false;
+  CLI::App* inspect_cmd = app.add_subcommand("inspect", "show a checkpoint's manifest and verify its checksums");
+  inspect_cmd->add_option("checkpoint", inspect_dir, "checkpoint directory")->required();
+  inspect_cmd->add_flag("--json", inspect_json, "print the manifest as JSON");
+
   CLI::App* bench_cmd = app.add_subcommand("bench", "micro-benchmarks (JSON lines on stdout)");
   bench_cmd->require_subcommand(1);
   parallel::AlltoallBenchOptions a2a;
@@ -82,6 +105,58 @@ int run(int argc, char** argv) {
   }
   if (reference_cmd->parsed()) {
     std::cout << core::config_reference_markdown();
+    return 0;
+  }
+  if (train_cmd->parsed()) {
+    if (!run_dir.empty()) train_args.overrides.push_back("train.run_dir=" + run_dir);
+    const core::Config config = train_args.load();
+    parallel::MpiRuntime mpi(&argc, &argv);
+    core::set_log_rank(mpi.rank(), mpi.size());
+    trainer::Trainer t(config, mpi.world(config.parallel.timeout_s));
+    t.train(trainer::ResumeMode::parse(resume));
+    return 0;
+  }
+  if (eval_cmd->parsed()) {
+    const core::Config config = eval_args.load();
+    parallel::MpiRuntime mpi(&argc, &argv);
+    core::set_log_rank(mpi.rank(), mpi.size());
+    trainer::Trainer t(config, mpi.world(config.parallel.timeout_s));
+    t.load_checkpoint(eval_checkpoint);
+    const double loss = t.evaluate();
+    if (mpi.rank() == 0) std::printf("{\"loss\":%.6f,\"tokens\":%lld}\n", loss, static_cast<long long>(t.eval_tokens()));
+    return 0;
+  }
+  if (inspect_cmd->parsed()) {
+    const auto manifest = trainer::read_manifest(inspect_dir);
+    trainer::verify_checkpoint(inspect_dir, manifest);
+    if (inspect_json) {
+      std::string json;
+      google::protobuf::util::JsonPrintOptions options;
+      options.add_whitespace = false;
+      (void)google::protobuf::util::MessageToJsonString(manifest, &json, options);
+      std::cout << json << "\n";
+      return 0;
+    }
+    int64_t bytes = 0, experts = 0;
+    for (const auto& e : manifest.tensors()) {
+      bytes += e.nbytes();
+      experts += e.name().find("/expert_") != std::string::npos;
+    }
+    std::cout << "checkpoint " << inspect_dir << "\n"
+              << "  created by       " << manifest.created_by() << "\n"
+              << "  step             " << manifest.step() << "\n"
+              << "  tokens seen      " << manifest.tokens_seen() << "\n"
+              << "  skipped steps    " << manifest.skipped_steps() << "\n"
+              << "  world size       " << manifest.world_size() << " (expert_parallel " << manifest.expert_parallel() << ")\n"
+              << "  data             seed " << manifest.data_seed() << ", " << manifest.data_windows() << " windows\n"
+              << "  MoE layers       " << manifest.placement_size() << "\n"
+              << "  tensors          " << manifest.tensors_size() << " (" << experts << " per-expert), " << bytes << " bytes\n"
+              << "  checksums        ok (crc32c of every tensor verified)\n";
+    for (int l = 0; l < manifest.placement_size(); ++l) {
+      std::cout << "  placement[" << l << "]    ";
+      for (auto o : manifest.placement(l).owner()) std::cout << o << " ";
+      std::cout << "\n";
+    }
     return 0;
   }
   if (a2a_cmd->parsed()) {

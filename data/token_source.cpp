@@ -1,0 +1,311 @@
+// Token sources: synthetic corpus, text, flat token binaries, Megatron indexed datasets.
+#include "data/token_source.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace switchyard::data {
+namespace fs = std::filesystem;
+namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  SY_CHECK_AS(DataError, in.good(), path, ": cannot open data file");
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+void read_bytes(const std::string& path, int64_t offset, int64_t count, char* out) {
+  std::ifstream in(path, std::ios::binary);
+  SY_CHECK_AS(DataError, in.good(), path, ": cannot open data file");
+  in.seekg(offset);
+  in.read(out, count);
+  SY_CHECK_AS(DataError, in.gcount() == count, path, ": truncated: wanted ", count, " bytes at offset ", offset,
+              ", got ", in.gcount());
+}
+
+uint64_t below(std::mt19937_64& rng, uint64_t n) { return rng() % n; }
+
+}  // namespace
+
+std::vector<int64_t> byte_tokenize(const std::string& text) {
+  std::vector<int64_t> tokens(text.size());
+  for (size_t i = 0; i < text.size(); ++i) tokens[i] = static_cast<unsigned char>(text[i]);
+  return tokens;
+}
+
+std::string byte_detokenize(const std::vector<int64_t>& tokens) {
+  std::string text(tokens.size(), '\0');
+  for (size_t i = 0; i < tokens.size(); ++i) text[i] = static_cast<char>(tokens[i] & 0xff);
+  return text;
+}
+
+// ---- Synthetic corpus ----
+
+SyntheticCorpus::SyntheticCorpus(int64_t num_tokens, uint64_t seed) {
+  // mt19937_64 with modulo reduction: the same bytes on every platform and compiler.
+  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 1);
+  // Markov text: 20 letters and a space, each with three likely successors.
+  const std::string letters = "etaoinshrdlucmfwypvb ";
+  std::vector<std::array<int, 3>> next(letters.size());
+  for (auto& row : next)
+    for (auto& n : row) n = static_cast<int>(below(rng, letters.size()));
+  bytes_.reserve(num_tokens + 64);
+  std::string doc;
+  while (static_cast<int64_t>(bytes_.size()) < num_tokens) {
+    doc.clear();
+    switch (below(rng, 4)) {
+      case 0: {  // arithmetic
+        const uint64_t a = below(rng, 1000), b = below(rng, 1000);
+        doc = std::to_string(a) + "+" + std::to_string(b) + "=" + std::to_string(a + b) + ";";
+        break;
+      }
+      case 1: {  // sorting
+        std::vector<int> v(3 + below(rng, 5));
+        for (auto& x : v) x = static_cast<int>(below(rng, 10));
+        doc = "sort";
+        for (int x : v) doc += " " + std::to_string(x);
+        std::sort(v.begin(), v.end());
+        doc += " ->";
+        for (int x : v) doc += " " + std::to_string(x);
+        doc += ";";
+        break;
+      }
+      case 2: {  // bracket language: balanced, depth <= 6
+        static const char open[] = "([{<", close[] = ")]}>";
+        std::string stack;
+        const uint64_t len = 4 + below(rng, 20);
+        for (uint64_t i = 0; i < len || !stack.empty(); ++i) {
+          if (!stack.empty() && (i >= len || stack.size() >= 6 || below(rng, 2))) {
+            doc += stack.back();
+            stack.pop_back();
+          } else {
+            const auto k = below(rng, 4);
+            doc += open[k];
+            stack += close[k];
+          }
+        }
+        doc += ";";
+        break;
+      }
+      default: {  // Markov text
+        size_t c = below(rng, letters.size());
+        const uint64_t len = 20 + below(rng, 40);
+        for (uint64_t i = 0; i < len; ++i) {
+          doc += letters[c];
+          c = next[c][below(rng, 8) < 6 ? below(rng, 2) : 2];
+        }
+        doc += ".";
+        break;
+      }
+    }
+    bytes_ += doc;
+    bytes_ += '\n';
+  }
+  bytes_.resize(num_tokens);
+}
+
+void SyntheticCorpus::read(int64_t offset, int64_t count, int64_t* out) const {
+  SY_ASSERT(offset >= 0 && offset + count <= num_tokens(), "synthetic read out of range");
+  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<unsigned char>(bytes_[offset + i]);
+}
+
+std::string SyntheticCorpus::describe() const {
+  std::ostringstream s;
+  s << "synthetic corpus: " << num_tokens() << " tokens (arithmetic, sorting, brackets, Markov text), unigram entropy "
+    << unigram_entropy() << " nats";
+  return s.str();
+}
+
+double SyntheticCorpus::unigram_entropy() const {
+  std::array<int64_t, 256> counts{};
+  for (unsigned char c : bytes_) ++counts[c];
+  double h = 0;
+  const double n = static_cast<double>(bytes_.size());
+  for (auto c : counts)
+    if (c > 0) h -= (c / n) * std::log(c / n);
+  return h;
+}
+
+// ---- Text ----
+
+TextSource::TextSource(const std::string& path) : path_(path) {
+  SY_CHECK_AS(DataError, fs::exists(path), path, ": no such file or directory (data.path)");
+  if (fs::is_directory(path)) {
+    std::vector<fs::path> files;
+    for (const auto& entry : fs::directory_iterator(path))
+      if (entry.is_regular_file()) files.push_back(entry.path());
+    std::sort(files.begin(), files.end());
+    SY_CHECK_AS(DataError, !files.empty(), path, ": directory holds no files (data.path)");
+    for (const auto& f : files) bytes_ += read_file(f.string());
+    num_files_ = static_cast<int64_t>(files.size());
+  } else {
+    bytes_ = read_file(path);
+    num_files_ = 1;
+  }
+  SY_CHECK_AS(DataError, !bytes_.empty(), path, ": empty (data.path)");
+}
+
+void TextSource::read(int64_t offset, int64_t count, int64_t* out) const {
+  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<unsigned char>(bytes_[offset + i]);
+}
+
+std::string TextSource::describe() const {
+  return "text: " + path_ + " (" + std::to_string(num_files_) + " file(s), " + std::to_string(num_tokens()) +
+         " byte tokens)";
+}
+
+// ---- Flat token binary ----
+
+TokenFileSource::TokenFileSource(const std::string& path, core::TokenDtype dtype)
+    : path_(path), item_size_(dtype == core::TokenDtype::kUint16 ? 2 : 4) {
+  SY_CHECK_AS(DataError, fs::is_regular_file(path), path, ": no such file (data.path)");
+  const auto bytes = static_cast<int64_t>(fs::file_size(path));
+  SY_CHECK_AS(DataError, bytes % item_size_ == 0, path, ": size ", bytes, " is not a multiple of ", item_size_,
+              " (data.token_dtype ", core::enum_name(dtype), ")");
+  num_tokens_ = bytes / item_size_;
+  SY_CHECK_AS(DataError, num_tokens_ > 0, path, ": empty (data.path)");
+}
+
+void TokenFileSource::read(int64_t offset, int64_t count, int64_t* out) const {
+  std::vector<char> raw(count * item_size_);
+  read_bytes(path_, offset * item_size_, count * item_size_, raw.data());
+  for (int64_t i = 0; i < count; ++i) {
+    if (item_size_ == 2) {
+      uint16_t v;
+      std::memcpy(&v, raw.data() + 2 * i, 2);
+      out[i] = v;
+    } else {
+      uint32_t v;
+      std::memcpy(&v, raw.data() + 4 * i, 4);
+      out[i] = v;
+    }
+  }
+}
+
+std::string TokenFileSource::describe() const {
+  return "tokens: " + path_ + " (" + std::to_string(num_tokens_) + " tokens of " + std::to_string(8 * item_size_) +
+         " bits)";
+}
+
+// ---- Megatron indexed dataset ----
+
+namespace {
+constexpr char kMegatronMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
+int64_t megatron_item_size(int code) {
+  switch (code) {
+    case 1: case 2: return 1;   // uint8, int8
+    case 3: case 8: return 2;   // int16, uint16
+    case 4: return 4;           // int32
+    case 5: return 8;           // int64
+    default: return 0;          // float64 (6), float32 (7): not token ids
+  }
+}
+}  // namespace
+
+MegatronSource::MegatronSource(const std::string& prefix) : prefix_(prefix) {
+  const std::string idx_path = prefix + ".idx", bin_path = prefix + ".bin";
+  const std::string idx = read_file(idx_path);
+  SY_CHECK_AS(DataError, idx.size() >= 34 && std::memcmp(idx.data(), kMegatronMagic, 9) == 0, idx_path,
+              ": not a Megatron index (no MMIDIDX header)");
+  size_t pos = 9;
+  auto take = [&](void* dst, size_t n) {
+    SY_CHECK_AS(DataError, pos + n <= idx.size(), idx_path, ": truncated index");
+    std::memcpy(dst, idx.data() + pos, n);
+    pos += n;
+  };
+  uint64_t version = 0, num_seq = 0, num_docs = 0;
+  uint8_t code = 0;
+  take(&version, 8);
+  SY_CHECK_AS(DataError, version == 1, idx_path, ": index version ", version, ", expected 1");
+  take(&code, 1);
+  dtype_code_ = code;
+  item_size_ = megatron_item_size(code);
+  SY_CHECK_AS(DataError, item_size_ > 0, idx_path, ": token dtype code ", int(code), " is not an integer type");
+  take(&num_seq, 8);
+  take(&num_docs, 8);
+  lengths_.resize(num_seq);
+  pointers_.resize(num_seq);
+  take(lengths_.data(), num_seq * 4);
+  take(pointers_.data(), num_seq * 8);
+  num_documents_ = static_cast<int64_t>(num_docs) - 1;  // document_indices has a leading 0
+  for (uint64_t i = 0; i < num_seq; ++i) {
+    const int64_t expected = i == 0 ? 0 : pointers_[i - 1] + int64_t{lengths_[i - 1]} * item_size_;
+    SY_CHECK_AS(DataError, pointers_[i] == expected, idx_path, ": sequence ", i, " is not contiguous in ", bin_path);
+    num_tokens_ += lengths_[i];
+  }
+  SY_CHECK_AS(DataError, fs::is_regular_file(bin_path), bin_path, ": no such file");
+  const auto bin_bytes = static_cast<int64_t>(fs::file_size(bin_path));
+  SY_CHECK_AS(DataError, bin_bytes >= num_tokens_ * item_size_, bin_path, ": truncated: ", bin_bytes,
+              " bytes for ", num_tokens_, " tokens");
+}
+
+void MegatronSource::read(int64_t offset, int64_t count, int64_t* out) const {
+  std::vector<char> raw(count * item_size_);
+  read_bytes(prefix_ + ".bin", offset * item_size_, count * item_size_, raw.data());
+  for (int64_t i = 0; i < count; ++i) {
+    const char* p = raw.data() + i * item_size_;
+    switch (dtype_code_) {
+      case 1: out[i] = static_cast<uint8_t>(*p); break;
+      case 2: out[i] = static_cast<int8_t>(*p); break;
+      case 3: { int16_t v; std::memcpy(&v, p, 2); out[i] = v; break; }
+      case 8: { uint16_t v; std::memcpy(&v, p, 2); out[i] = v; break; }
+      case 4: { int32_t v; std::memcpy(&v, p, 4); out[i] = v; break; }
+      default: { int64_t v; std::memcpy(&v, p, 8); out[i] = v; break; }
+    }
+  }
+}
+
+std::string MegatronSource::describe() const {
+  return "megatron: " + prefix_ + ".{bin,idx} (" + std::to_string(num_documents_) + " documents, " +
+         std::to_string(num_sequences()) + " sequences, " + std::to_string(num_tokens_) + " tokens)";
+}
+
+void write_megatron_dataset(const std::string& prefix, const std::vector<std::vector<int64_t>>& documents) {
+  std::ofstream bin(prefix + ".bin", std::ios::binary), idx(prefix + ".idx", std::ios::binary);
+  SY_CHECK_AS(DataError, bin.good() && idx.good(), prefix, ": cannot write dataset");
+  std::vector<int32_t> lengths;
+  std::vector<int64_t> pointers, doc_idx{0};
+  int64_t offset = 0;
+  for (const auto& doc : documents) {
+    for (int64_t t : doc) {
+      const auto v = static_cast<uint16_t>(t);
+      bin.write(reinterpret_cast<const char*>(&v), 2);
+    }
+    lengths.push_back(static_cast<int32_t>(doc.size()));
+    pointers.push_back(offset);
+    offset += static_cast<int64_t>(doc.size()) * 2;
+    doc_idx.push_back(static_cast<int64_t>(lengths.size()));
+  }
+  const uint64_t version = 1, num_seq = lengths.size(), num_docs = doc_idx.size();
+  const uint8_t code = 8;  // uint16
+  idx.write(kMegatronMagic, 9);
+  idx.write(reinterpret_cast<const char*>(&version), 8);
+  idx.write(reinterpret_cast<const char*>(&code), 1);
+  idx.write(reinterpret_cast<const char*>(&num_seq), 8);
+  idx.write(reinterpret_cast<const char*>(&num_docs), 8);
+  idx.write(reinterpret_cast<const char*>(lengths.data()), num_seq * 4);
+  idx.write(reinterpret_cast<const char*>(pointers.data()), num_seq * 8);
+  idx.write(reinterpret_cast<const char*>(doc_idx.data()), num_docs * 8);
+}
+
+std::unique_ptr<TokenSource> open_token_source(const core::DataConfig& config, uint64_t seed) {
+  switch (config.source) {
+    case core::DataSource::kSynthetic: return std::make_unique<SyntheticCorpus>(config.synthetic_tokens, seed);
+    case core::DataSource::kText: return std::make_unique<TextSource>(config.path);
+    case core::DataSource::kTokens: return std::make_unique<TokenFileSource>(config.path, config.token_dtype);
+    case core::DataSource::kMegatron: return std::make_unique<MegatronSource>(config.path);
+  }
+  throw ConfigError("data.source: unknown");
+}
+
+}  // namespace switchyard::data

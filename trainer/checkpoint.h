@@ -1,0 +1,62 @@
+// Checkpoints: a directory per step with a Protobuf manifest and tensor files. Experts and their
+// optimizer state are stored by global expert id, so any later rank count, expert-parallel size or
+// placement loads them. Written atomically: temporary directory, fsync, rename, then `latest`.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "modules/transformer.h"
+#include "parallel/process_groups.h"
+#include "trainer/optimizer.h"
+#include "trainer/proto/checkpoint.pb.h"
+
+namespace switchyard::trainer {
+
+/// What the trainer stores beside the tensors.
+struct TrainingState {
+  int64_t step = 0;
+  int64_t tokens_seen = 0;
+  int64_t skipped_steps = 0;
+  uint64_t data_seed = 0;
+  int64_t data_windows = 0;
+  torch::Tensor cpu_rng_state;
+};
+
+class CheckpointManager {
+ public:
+  /// `root` is the run's checkpoints/ directory.
+  CheckpointManager(std::string root, int64_t keep, std::shared_ptr<parallel::ProcessGroups> groups);
+
+  /// Collective over the world. Rank 0 writes dense tensors and the manifest; the ranks of the first
+  /// expert-parallel group write their experts. Keeps the newest `keep` checkpoints.
+  void save(const TrainingState& state, const std::string& config_yaml, modules::TransformerLMImpl& model,
+            AdamW& optimizer, const std::vector<parallel::ExpertPlacement>& placements);
+
+  /// Collective. Loads the checkpoint at `dir` into the model and optimizer for this rank's placement,
+  /// verifying the checksum of every tensor read. Throws CheckpointError naming the file at fault.
+  TrainingState load(const std::string& dir, modules::TransformerLMImpl& model, AdamW& optimizer,
+                     const std::vector<parallel::ExpertPlacement>& placements);
+
+  /// The newest complete checkpoint (from `latest`), if any.
+  std::optional<std::string> latest() const;
+  const std::string& root() const { return root_; }
+
+ private:
+  std::string root_;
+  int64_t keep_;
+  std::shared_ptr<parallel::ProcessGroups> groups_;
+};
+
+/// Reads and parses `dir`/manifest.pb. Throws CheckpointError naming the file.
+proto::CheckpointManifest read_manifest(const std::string& dir);
+/// Verifies every tensor's size and checksum. Throws CheckpointError naming the file and tensor.
+void verify_checkpoint(const std::string& dir, const proto::CheckpointManifest& manifest);
+/// The name of checkpoint step s: step_<8 digits>.
+std::string checkpoint_dir_name(int64_t step);
+
+}  // namespace switchyard::trainer

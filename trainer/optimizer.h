@@ -1,0 +1,47 @@
+// AdamW with state addressed by name (so checkpoints can store an expert's state by global id and
+// load it at any placement), and the warmup + cosine learning-rate schedule.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+
+namespace switchyard::trainer {
+
+/// Decoupled-weight-decay Adam (Loshchilov & Hutter), the update torch::optim::AdamW makes:
+///   p -= lr * wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+///   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+/// Parameters with one dimension (norm weights, biases) get no weight decay.
+class AdamW {
+ public:
+  struct State {
+    torch::Tensor exp_avg, exp_avg_sq;
+  };
+
+  AdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, const core::TrainConfig& config);
+
+  /// One update with learning rate `lr` from the parameters' .grad() (undefined grads are skipped).
+  void step(double lr);
+  void zero_grad();
+
+  int64_t steps() const { return steps_; }
+  void set_steps(int64_t steps) { steps_ = steps; }
+  /// State per parameter name (created lazily as zeros).
+  State& state(const std::string& name);
+  const std::vector<std::pair<std::string, torch::Tensor>>& params() const { return params_; }
+
+ private:
+  std::vector<std::pair<std::string, torch::Tensor>> params_;
+  std::map<std::string, State> state_;
+  core::TrainConfig config_;
+  int64_t steps_ = 0;
+};
+
+/// Linear warmup to lr over warmup_steps, then cosine decay to lr * min_lr_ratio at `steps`.
+double learning_rate(const core::TrainConfig& config, int64_t step);
+
+}  // namespace switchyard::trainer

@@ -1,0 +1,306 @@
+// The training loop.
+#include "trainer/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "core/error.h"
+#include "core/logging.h"
+#include "trainer/metrics.h"
+
+namespace switchyard::trainer {
+namespace fs = std::filesystem;
+namespace {
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof(buf), "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
+  else std::snprintf(buf, sizeof(buf), "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+  return buf;
+}
+
+double all_reduce_sum(parallel::Communicator& comm, double x) {
+  auto t = torch::tensor({x}, torch::kFloat64);
+  comm.all_reduce(t, parallel::ReduceOp::kSum);
+  return t.item<double>();
+}
+
+}  // namespace
+
+ResumeMode ResumeMode::parse(const std::string& text) {
+  ResumeMode m;
+  if (text == "auto") m.kind = Kind::kAuto;
+  else if (text == "never") m.kind = Kind::kNever;
+  else {
+    m.kind = Kind::kPath;
+    m.path = text;
+  }
+  return m;
+}
+
+Trainer::Trainer(const core::Config& config, std::shared_ptr<parallel::Communicator> world)
+    : config_(config), world_(std::move(world)) {
+  config_.validate_for_world(world_->size());
+  SY_CHECK_AS(ConfigError, config_.parallel.placement.empty(),
+              "parallel.placement: plan files are applied once the placement planner lands; leave it empty "
+              "(contiguous placement)");
+  SY_CHECK_AS(ConfigError, config_.train.device == core::DeviceKind::kCpu || torch::cuda::is_available(),
+              "train.device: cuda requested but no CUDA device is visible");
+  device_ = config_.train.device == core::DeviceKind::kCuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  groups_ = parallel::ProcessGroups::create(world_, config_.parallel);
+
+  // One intra-op thread per rank's share of this node's cores.
+  int ranks_here = 0;
+  for (int n : groups_->topology.node_of_rank) ranks_here += n == groups_->topology.node_idx();
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(std::max(1, cores / std::max(1, ranks_here)));
+
+  const auto seed = static_cast<uint64_t>(config_.train.seed);
+  source_ = data::open_token_source(config_.data, seed);
+  split_ = data::split_source(*source_, config_.data.val_fraction, config_.model.seq_len);
+  train_sampler_ = std::make_unique<data::BatchSampler>(*source_, split_.train_begin, split_.train_end, config_.model.seq_len,
+                                                        config_.train.global_batch, seed, config_.model.vocab_size);
+  val_sampler_ = std::make_unique<data::BatchSampler>(*source_, split_.val_begin, split_.val_end, config_.model.seq_len,
+                                                      config_.train.global_batch, seed + 1, config_.model.vocab_size);
+  for (int64_t l = 0; l < config_.num_moe_layers(); ++l) {
+    placements_.push_back(parallel::ExpertPlacement::contiguous(config_.model.moe.num_experts, groups_->ep_size));
+  }
+  model_ = modules::TransformerLM(config_.model, config_.losses, seed,
+                                  parallel::make_dispatcher_factory(groups_, config_, &dispatchers_, placements_));
+  size_t d = 0;
+  for (auto& layer : model_->moe_layers()) {
+    if (!layer.is_empty()) parallel::attach(*layer, *dispatchers_.at(d++), *groups_, config_.losses);
+  }
+  model_->to(device_);
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
+  optimizer_ = std::make_unique<AdamW>(params, config_.train);
+  checkpoints_ = std::make_unique<CheckpointManager>((fs::path(config_.train.run_dir) / "checkpoints").string(),
+                                                     config_.train.keep_checkpoints, groups_);
+  state_.data_seed = seed;
+  state_.data_windows = train_sampler_->num_windows();
+}
+
+void Trainer::load_checkpoint(const std::string& dir) {
+  state_ = checkpoints_->load(dir, *model_, *optimizer_, placements_);
+  SY_CHECK_AS(CheckpointError, state_.data_windows == train_sampler_->num_windows(), dir,
+              ": the checkpoint's data has ", state_.data_windows, " training windows, this run's data has ",
+              train_sampler_->num_windows(), " (data changed?)");
+  auto generator = at::detail::getDefaultCPUGenerator();
+  generator.set_state(state_.cpu_rng_state);
+}
+
+double Trainer::global_grad_norm() {
+  // Dense gradients are identical on every rank after sync; experts are split over the EP group.
+  double dense = 0, experts = 0;
+  for (const auto& item : model_->named_parameters()) {
+    const auto& g = item.value().grad();
+    if (!g.defined()) continue;
+    const double sq = g.to(torch::kFloat64).pow(2).sum().item<double>();
+    (parallel::is_expert_parameter(item.key()) ? experts : dense) += sq;
+  }
+  experts = all_reduce_sum(*groups_->ep, experts);
+  return std::sqrt(dense + experts);
+}
+
+Trainer::StepResult Trainer::train_step(int64_t step) {
+  StepResult r;
+  const int64_t world = world_->size();
+  const int64_t per_rank = config_.train.global_batch / world;
+  const int64_t micro = config_.train.micro_batch;
+  const int64_t micro_steps = per_rank / micro;
+  optimizer_->zero_grad();
+  std::vector<torch::Tensor> loads;
+  double dropped = 0, routed = 0;
+  for (int64_t m = 0; m < micro_steps; ++m) {
+    const auto batch = train_sampler_->batch(step, world_->rank() * per_rank + m * micro, micro).to(device_);
+    using torch::indexing::Slice;
+    const auto inputs = batch.index({Slice(), Slice(0, -1)}), targets = batch.index({Slice(), Slice(1, torch::indexing::None)});
+    auto out = model_->forward(inputs);
+    const auto lm = modules::TransformerLMImpl::lm_loss(out.logits, targets);
+    ((lm + out.aux_loss) / static_cast<double>(micro_steps)).backward();
+    r.lm_loss += lm.item<double>();
+    r.aux_loss += out.aux_loss.item<double>();
+    for (const auto& [name, v] : out.losses) r.losses[name] += v.item<double>();
+    for (size_t l = 0; l < out.moe_stats.size(); ++l) {
+      const auto& s = out.moe_stats[l];
+      if (loads.size() <= l) loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64).cpu());
+      loads[l] += s.tokens_per_expert.to(torch::kCPU, torch::kFloat64);
+      dropped += static_cast<double>(s.dropped_slots.item<int64_t>());
+      routed += static_cast<double>(s.routed_slots.item<int64_t>());
+    }
+  }
+  parallel::sync_gradients(*model_, *groups_);
+  r.grad_norm = global_grad_norm();
+  if (!std::isfinite(r.grad_norm) || !std::isfinite(r.lm_loss)) {
+    SY_CHECK_AS(DataError, config_.train.nan_policy == core::NanPolicy::kSkip, "step ", step,
+                ": non-finite loss or gradient (train.nan_policy error)");
+    r.skipped = true;
+    optimizer_->zero_grad();
+  } else {
+    if (config_.train.grad_clip > 0 && r.grad_norm > config_.train.grad_clip) {
+      torch::NoGradGuard g;
+      const double scale = config_.train.grad_clip / (r.grad_norm + 1e-6);
+      for (auto& p : model_->parameters())
+        if (p.grad().defined()) p.mutable_grad().mul_(scale);
+    }
+    optimizer_->step(learning_rate(config_.train, step));
+  }
+  // Global loads (all ranks' tokens) for the aux-loss-free bias update and the metrics.
+  for (auto& l : loads) world_->all_reduce(l, parallel::ReduceOp::kSum);
+  if (config_.model.moe.router.kind == core::RouterKind::kSigmoidBias && !r.skipped) {
+    size_t i = 0;
+    for (auto& layer : model_->moe_layers())
+      if (!layer.is_empty()) layer->router->update_bias(loads.at(i++));
+  }
+  r.loads = loads;
+  r.dropped = all_reduce_sum(*world_, dropped);
+  r.routed = all_reduce_sum(*world_, routed);
+  r.lm_loss = all_reduce_sum(*world_, r.lm_loss) / static_cast<double>(world * micro_steps);
+  r.aux_loss = all_reduce_sum(*world_, r.aux_loss) / static_cast<double>(world * micro_steps);
+  for (auto& [name, v] : r.losses) v = all_reduce_sum(*world_, v) / static_cast<double>(world * micro_steps);
+  return r;
+}
+
+int64_t Trainer::eval_tokens() const {
+  return config_.train.eval_batches * config_.train.global_batch * config_.model.seq_len;
+}
+
+double Trainer::evaluate() {
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  const int64_t world = world_->size();
+  const int64_t per_rank = config_.train.global_batch / world;
+  double total = 0;
+  for (int64_t b = 0; b < config_.train.eval_batches; ++b) {
+    for (int64_t m = 0; m < per_rank; m += config_.train.micro_batch) {
+      const auto batch = val_sampler_->batch(b, world_->rank() * per_rank + m, config_.train.micro_batch).to(device_);
+      using torch::indexing::Slice;
+      const auto out = model_->forward(batch.index({Slice(), Slice(0, -1)}));
+      total += modules::TransformerLMImpl::lm_loss(out.logits, batch.index({Slice(), Slice(1, torch::indexing::None)})).item<double>();
+    }
+  }
+  model_->train();
+  const double count = static_cast<double>(config_.train.eval_batches * world * (per_rank / config_.train.micro_batch));
+  return all_reduce_sum(*world_, total) / count;
+}
+
+void Trainer::train(const ResumeMode& resume) {
+  const bool rank0 = world_->rank() == 0;
+  const auto run_dir = fs::path(config_.train.run_dir);
+  std::optional<std::string> from;
+  if (resume.kind == ResumeMode::Kind::kPath) {
+    from = resume.path;
+  } else {
+    const auto latest = checkpoints_->latest();
+    if (resume.kind == ResumeMode::Kind::kAuto) {
+      from = latest;
+    } else {
+      SY_CHECK_AS(CheckpointError, !latest, run_dir.string(), ": holds checkpoints already; --resume never would ",
+                  "overwrite them: pass --resume auto, or another --run-dir");
+    }
+  }
+  if (rank0) {
+    fs::create_directories(run_dir);
+    std::ofstream(run_dir / "config.yaml") << core::dump_config(config_);
+  }
+  if (auto* synthetic = dynamic_cast<const data::SyntheticCorpus*>(source_.get())) {
+    core::log_info("data: ", synthetic->describe());
+    core::log_info("unigram entropy of the synthetic corpus: ", synthetic->unigram_entropy(), " nats");
+  } else {
+    core::log_info("data: ", source_->describe());
+  }
+  if (from) {
+    load_checkpoint(*from);
+    core::log_info("resumed from ", *from, " at step ", state_.step, " (", state_.tokens_seen, " tokens seen)");
+    if (state_.step >= config_.train.steps) {
+      core::log_info("already at train.steps = ", config_.train.steps, ": nothing to do (raise train.steps to go on)");
+    }
+  }
+  int64_t params = 0;
+  for (const auto& p : model_->parameters()) params += p.numel();
+  core::log_info("model: ", params, " parameters on this rank; ", world_->size(), " rank(s), expert_parallel ",
+                 groups_->ep_size, ", ", groups_->topology.num_nodes(), " node(s); run dir ", run_dir.string());
+
+  std::unique_ptr<MetricsWriter> metrics;
+  if (rank0) metrics = std::make_unique<MetricsWriter>(run_dir.string(), state_.step);
+  const bool tty = isatty(fileno(stderr)) != 0;
+  const int64_t tokens_per_step = config_.train.global_batch * config_.model.seq_len;
+  auto window_start = std::chrono::steady_clock::now();
+  const auto run_start = window_start;
+  int64_t window_steps = 0;
+  const int64_t first_step = state_.step;
+  for (int64_t step = state_.step; step < config_.train.steps; ++step) {
+    const auto r = train_step(step);
+    state_.step = step + 1;
+    state_.tokens_seen += tokens_per_step;
+    state_.skipped_steps += r.skipped;
+    ++window_steps;
+    const bool log = config_.train.log_every > 0 && (state_.step % config_.train.log_every == 0 || state_.step == config_.train.steps);
+    const bool eval = config_.train.eval_every > 0 && (state_.step % config_.train.eval_every == 0 || state_.step == config_.train.steps);
+    const double val = eval ? evaluate() : NAN;
+    if (log || eval) {
+      const auto now = std::chrono::steady_clock::now();
+      const double secs = std::chrono::duration<double>(now - window_start).count();
+      const double tok_s = static_cast<double>(window_steps * tokens_per_step) / std::max(secs, 1e-9);
+      double load_ratio = 0;
+      for (const auto& l : r.loads) {
+        const double mean = l.mean().item<double>();
+        if (mean > 0) load_ratio = std::max(load_ratio, l.max().item<double>() / mean);
+      }
+      const auto bytes = parallel::take_exchange_stats(dispatchers_);
+      auto traffic = torch::tensor({static_cast<double>(bytes.intra_node_bytes), static_cast<double>(bytes.inter_node_bytes)},
+                                   torch::kFloat64);
+      world_->all_reduce(traffic, parallel::ReduceOp::kSum);
+      if (rank0) {
+        MetricsLine line = {{"loss", r.lm_loss + r.aux_loss},
+                            {"lm_loss", r.lm_loss},
+                            {"aux_loss", r.aux_loss},
+                            {"lr", learning_rate(config_.train, step)},
+                            {"grad_norm", r.grad_norm},
+                            {"tokens_per_s", tok_s},
+                            {"tokens_seen", static_cast<double>(state_.tokens_seen)},
+                            {"dropped_frac", r.routed > 0 ? r.dropped / r.routed : 0.0},
+                            {"expert_load_max_over_mean", load_ratio},
+                            {"a2a_bytes_intra_node", traffic[0].item<double>()},
+                            {"a2a_bytes_inter_node", traffic[1].item<double>()},
+                            {"skipped_steps", static_cast<double>(state_.skipped_steps)}};
+        for (const auto& [name, v] : r.losses) line.emplace_back("loss_" + name, v);
+        if (eval) line.emplace_back("val_loss", val);
+        metrics->write(state_.step, line);
+        const double elapsed = std::chrono::duration<double>(now - run_start).count();
+        const double eta = elapsed / static_cast<double>(state_.step - first_step) *
+                           static_cast<double>(config_.train.steps - state_.step);
+        char text[320];
+        std::snprintf(text, sizeof(text),
+                      "step %lld/%lld  loss %.4f  lr %.2e  tok/s %.0f  load max/mean %.2f%s  ETA %s",
+                      (long long)state_.step, (long long)config_.train.steps, r.lm_loss + r.aux_loss,
+                      learning_rate(config_.train, step), tok_s, load_ratio,
+                      eval ? ("  val " + std::to_string(val)).c_str() : "", format_duration(eta).c_str());
+        if (tty && !eval) std::fprintf(stderr, "\r%-110s", text);
+        else std::fprintf(stderr, "%s%s\n", tty ? "\r" : "", text);
+        std::fflush(stderr);
+      }
+      window_start = now;
+      window_steps = 0;
+    }
+    const bool save = config_.train.checkpoint_every > 0 &&
+                      (state_.step % config_.train.checkpoint_every == 0 || state_.step == config_.train.steps);
+    if (save) {
+      state_.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
+      checkpoints_->save(state_, core::dump_config(config_), *model_, *optimizer_, placements_);
+    }
+  }
+  if (rank0 && tty) std::fprintf(stderr, "\n");
+  core::log_info("done: ", state_.step, " steps; metrics in ", (run_dir / "metrics.jsonl").string(),
+                 ", checkpoints in ", (run_dir / "checkpoints").string());
+}
+
+}  // namespace switchyard::trainer

@@ -1,0 +1,71 @@
+// The training loop: data, model, expert parallelism, optimizer, checkpoints and metrics, wired from
+// one Config. What `switchyard train` and `switchyard eval` run.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "data/batch_sampler.h"
+#include "data/token_source.h"
+#include "modules/transformer.h"
+#include "parallel/expert_parallel.h"
+#include "trainer/checkpoint.h"
+#include "trainer/optimizer.h"
+
+namespace switchyard::trainer {
+
+/// How `train` starts: resume from the newest checkpoint if any (auto), never, or from a path.
+struct ResumeMode {
+  enum class Kind { kAuto, kNever, kPath } kind = Kind::kAuto;
+  std::string path;
+  static ResumeMode parse(const std::string& text);
+};
+
+class Trainer {
+ public:
+  /// Collective over `world`: builds groups, data, model and optimizer. Throws ConfigError/DataError.
+  Trainer(const core::Config& config, std::shared_ptr<parallel::Communicator> world);
+
+  /// Trains to train.steps, resuming as `resume` says; writes the run directory. Collective.
+  void train(const ResumeMode& resume);
+  /// Loads a checkpoint into the model (collective).
+  void load_checkpoint(const std::string& dir);
+  /// Mean next-token loss over train.eval_batches global batches of the validation split (collective).
+  double evaluate();
+  /// Tokens one evaluation reads (all ranks together).
+  int64_t eval_tokens() const;
+
+  const data::TokenSource& source() const { return *source_; }
+
+ private:
+  struct StepResult {
+    double lm_loss = 0, aux_loss = 0, grad_norm = 0;
+    bool skipped = false;
+    std::map<std::string, double> losses;
+    std::vector<torch::Tensor> loads;  ///< per MoE layer, global slots per expert
+    double dropped = 0, routed = 0;
+  };
+  StepResult train_step(int64_t step);
+  double global_grad_norm();
+
+  core::Config config_;
+  std::shared_ptr<parallel::Communicator> world_;
+  std::shared_ptr<parallel::ProcessGroups> groups_;
+  std::unique_ptr<data::TokenSource> source_;
+  data::Split split_;
+  std::unique_ptr<data::BatchSampler> train_sampler_, val_sampler_;
+  std::vector<parallel::ExpertPlacement> placements_;
+  std::vector<std::shared_ptr<parallel::ExpertParallelDispatcher>> dispatchers_;
+  modules::TransformerLM model_{nullptr};
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<CheckpointManager> checkpoints_;
+  torch::Device device_{torch::kCPU};
+  TrainingState state_;
+};
+
+}  // namespace switchyard::trainer
