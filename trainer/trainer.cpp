@@ -207,10 +207,6 @@ void Trainer::train(const ResumeMode& resume) {
                   "overwrite them: pass --resume auto, or another --run-dir");
     }
   }
-  if (rank0) {
-    fs::create_directories(run_dir);
-    std::ofstream(run_dir / "config.yaml") << core::dump_config(config_);
-  }
   if (auto* synthetic = dynamic_cast<const data::SyntheticCorpus*>(source_.get())) {
     core::log_info("data: ", synthetic->describe());
     core::log_info("unigram entropy of the synthetic corpus: ", synthetic->unigram_entropy(), " nats");
@@ -223,6 +219,11 @@ void Trainer::train(const ResumeMode& resume) {
     if (state_.step >= config_.train.steps) {
       core::log_info("already at train.steps = ", config_.train.steps, ": nothing to do (raise train.steps to go on)");
     }
+  }
+  // Written only once the checkpoint (if any) loaded: a refused resume changes nothing in the run dir.
+  if (rank0) {
+    fs::create_directories(run_dir);
+    std::ofstream(run_dir / "config.yaml") << core::dump_config(config_);
   }
   int64_t params = 0;
   for (const auto& p : model_->parameters()) params += p.numel();

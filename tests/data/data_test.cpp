@@ -1,0 +1,144 @@
+// Every reader on files it writes itself; the batch order depends on seed and step, not rank count.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "data/batch_sampler.h"
+#include "data/token_source.h"
+
+namespace switchyard::data {
+namespace {
+namespace fs = std::filesystem;
+
+fs::path temp_dir(const std::string& name) {
+  auto dir = fs::temp_directory_path() / ("switchyard_data_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::vector<int64_t> read_all(const TokenSource& s) {
+  std::vector<int64_t> out(s.num_tokens());
+  s.read(0, s.num_tokens(), out.data());
+  return out;
+}
+
+TEST(ByteTokenizer, RoundTrips) {
+  const std::string text = "Fair is foul, and foul is fair: \xc3\xa9t\xc3\xa9\n";
+  const auto tokens = byte_tokenize(text);
+  EXPECT_EQ(tokens.size(), text.size());
+  EXPECT_EQ(byte_detokenize(tokens), text);
+  for (auto t : tokens) EXPECT_LT(t, 256);
+}
+
+TEST(TextSource, FileAndDirectory) {
+  const auto dir = temp_dir("text");
+  std::ofstream(dir / "b.txt") << "second";
+  std::ofstream(dir / "a.txt") << "first ";
+  TextSource file((dir / "a.txt").string());
+  EXPECT_EQ(byte_detokenize(read_all(file)), "first ");
+  TextSource all(dir.string());
+  EXPECT_EQ(byte_detokenize(read_all(all)), "first second");  // name order
+  EXPECT_THROW(TextSource((dir / "missing.txt").string()), DataError);
+}
+
+TEST(TokenFileSource, Uint16AndUint32) {
+  const auto dir = temp_dir("tokens");
+  const std::vector<uint16_t> small = {1, 2, 65535, 7};
+  std::ofstream(dir / "t16.bin", std::ios::binary).write(reinterpret_cast<const char*>(small.data()), 8);
+  const std::vector<uint32_t> big = {100000, 3, 4};
+  std::ofstream(dir / "t32.bin", std::ios::binary).write(reinterpret_cast<const char*>(big.data()), 12);
+  TokenFileSource s16((dir / "t16.bin").string(), core::TokenDtype::kUint16);
+  EXPECT_EQ(read_all(s16), (std::vector<int64_t>{1, 2, 65535, 7}));
+  TokenFileSource s32((dir / "t32.bin").string(), core::TokenDtype::kUint32);
+  EXPECT_EQ(read_all(s32), (std::vector<int64_t>{100000, 3, 4}));
+  try {
+    TokenFileSource bad((dir / "t32.bin").string(), core::TokenDtype::kUint16);
+    std::ofstream(dir / "odd.bin", std::ios::binary) << "abc";
+    TokenFileSource odd((dir / "odd.bin").string(), core::TokenDtype::kUint16);
+    FAIL() << "odd-sized file accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("odd.bin: size 3 is not a multiple of 2"), std::string::npos) << e.what();
+  }
+}
+
+TEST(MegatronSource, ReadsTheIndexedFormat) {
+  const auto dir = temp_dir("megatron");
+  const std::vector<std::vector<int64_t>> docs = {{5, 6, 7}, {8}, {9, 10, 11, 12}};
+  write_megatron_dataset((dir / "corpus").string(), docs);
+  MegatronSource m((dir / "corpus").string());
+  EXPECT_EQ(m.num_documents(), 3);
+  EXPECT_EQ(m.num_sequences(), 3);
+  EXPECT_EQ(read_all(m), (std::vector<int64_t>{5, 6, 7, 8, 9, 10, 11, 12}));
+  std::vector<int64_t> middle(3);
+  m.read(2, 3, middle.data());
+  EXPECT_EQ(middle, (std::vector<int64_t>{7, 8, 9}));
+  // A file that is not an index, and a truncated .bin, are refused with the file named.
+  std::ofstream(dir / "bad.idx") << "NOTANINDEX-------------------------------";
+  std::ofstream(dir / "bad.bin") << "";
+  try {
+    MegatronSource bad((dir / "bad").string());
+    FAIL();
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.idx: not a Megatron index"), std::string::npos) << e.what();
+  }
+  fs::resize_file(dir / "corpus.bin", 10);
+  try {
+    MegatronSource truncated((dir / "corpus").string());
+    FAIL();
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("corpus.bin: truncated"), std::string::npos) << e.what();
+  }
+}
+
+TEST(SyntheticCorpus, DeterministicWithDomainsAndEntropy) {
+  SyntheticCorpus a(50000, 3), b(50000, 3), c(50000, 4);
+  EXPECT_EQ(a.text(), b.text());
+  EXPECT_NE(a.text(), c.text());
+  EXPECT_NE(a.text().find("+"), std::string::npos);     // arithmetic
+  EXPECT_NE(a.text().find("sort"), std::string::npos);  // sorting
+  EXPECT_NE(a.text().find("(("), std::string::npos);    // brackets
+  EXPECT_NE(a.text().find(".\n"), std::string::npos);   // Markov text
+  EXPECT_GT(a.unigram_entropy(), 2.5);
+  EXPECT_LT(a.unigram_entropy(), std::log(256.0));
+}
+
+TEST(BatchSampler, OrderIsInvariantToRankCount) {
+  SyntheticCorpus corpus(20000, 1);
+  BatchSampler sampler(corpus, 0, 20000, 16, 8, 42, 256);
+  for (int64_t step : {0, 3, 150}) {  // step 150 crosses an epoch (1249 windows / 8 per step)
+    const auto global = sampler.batch(step, 0, 8);
+    for (int world : {1, 2, 4, 8}) {
+      std::vector<torch::Tensor> parts;
+      for (int r = 0; r < world; ++r) parts.push_back(sampler.batch(step, r * (8 / world), 8 / world));
+      EXPECT_TRUE(torch::equal(torch::cat(parts), global)) << "world " << world << " step " << step;
+    }
+  }
+  BatchSampler again(corpus, 0, 20000, 16, 8, 42, 256);
+  EXPECT_TRUE(torch::equal(again.batch(7, 0, 8), sampler.batch(7, 0, 8)));
+  EXPECT_FALSE(torch::equal(sampler.batch(7, 0, 8), sampler.batch(8, 0, 8)));
+}
+
+TEST(BatchSampler, EachEpochVisitsEveryWindowOnce) {
+  SyntheticCorpus corpus(4000, 1);
+  BatchSampler sampler(corpus, 0, 4000, 16, 7, 5, 256);
+  std::vector<int> seen(sampler.num_windows(), 0);
+  for (int64_t j = 0; j < sampler.num_windows(); ++j) ++seen[sampler.window_of(j / 7, j % 7)];
+  for (int s : seen) EXPECT_EQ(s, 1);
+}
+
+TEST(BatchSampler, TokensOutsideTheVocabularyAreNamed) {
+  SyntheticCorpus corpus(4000, 1);
+  BatchSampler sampler(corpus, 0, 4000, 16, 4, 5, 50);
+  try {
+    sampler.batch(0, 0, 4);
+    FAIL();
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("outside model.vocab_size 50"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace switchyard::data

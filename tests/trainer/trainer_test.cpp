@@ -1,0 +1,103 @@
+// Optimizer against LibTorch's AdamW, schedule, CRC-32C, metrics lines and TensorBoard records.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/crc32c.h"
+#include "core/error.h"
+#include "trainer/metrics.h"
+#include "trainer/optimizer.h"
+#include "trainer/proto/tensorboard.pb.h"
+
+namespace switchyard::trainer {
+namespace {
+namespace fs = std::filesystem;
+
+TEST(AdamW, MatchesLibTorchAdamW) {
+  torch::manual_seed(0);
+  core::TrainConfig cfg;
+  cfg.weight_decay = 0.1;
+  cfg.beta1 = 0.9;
+  cfg.beta2 = 0.95;
+  cfg.adam_eps = 1e-8;
+  auto a = torch::randn({4, 3}, torch::requires_grad());
+  auto b = a.detach().clone().requires_grad_();
+  AdamW ours({{"w", a}}, cfg);
+  torch::optim::AdamW theirs({b}, torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.1));
+  for (int step = 0; step < 6; ++step) {
+    const auto target = torch::randn({4, 3});
+    ours.zero_grad();
+    theirs.zero_grad();
+    (a - target).pow(2).sum().backward();
+    (b - target).pow(2).sum().backward();
+    ours.step(0.01);
+    theirs.step();
+    EXPECT_TRUE(torch::allclose(a, b, 1e-6, 1e-7)) << "step " << step;
+  }
+  EXPECT_EQ(ours.steps(), 6);
+}
+
+TEST(Schedule, WarmupThenCosineToMin) {
+  core::TrainConfig cfg;
+  cfg.lr = 1.0;
+  cfg.min_lr_ratio = 0.1;
+  cfg.warmup_steps = 10;
+  cfg.steps = 110;
+  EXPECT_NEAR(learning_rate(cfg, 0), 0.1, 1e-12);
+  EXPECT_NEAR(learning_rate(cfg, 9), 1.0, 1e-12);
+  EXPECT_NEAR(learning_rate(cfg, 10), 1.0, 1e-12);
+  EXPECT_NEAR(learning_rate(cfg, 60), 0.55, 1e-12);  // halfway: (1 + 0.1) / 2
+  EXPECT_NEAR(learning_rate(cfg, 110), 0.1, 1e-12);
+}
+
+TEST(Crc32c, KnownVectors) {
+  EXPECT_EQ(core::crc32c("123456789", 9), 0xE3069283u);
+  EXPECT_EQ(core::crc32c("", 0), 0u);
+  const char zeros[32] = {};
+  EXPECT_EQ(core::crc32c(zeros, 32), 0x8A9136AAu);  // RFC 3720 B.4
+}
+
+TEST(Metrics, JsonLines) {
+  EXPECT_EQ(to_json(3, {{"loss", 1.5}, {"val_loss", std::nan("")}}), "{\"step\":3,\"loss\":1.5,\"val_loss\":null}");
+}
+
+TEST(Metrics, TensorBoardRecordsCarryTheScalars) {
+  const auto dir = fs::temp_directory_path() / ("switchyard_tb_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  {
+    MetricsWriter w(dir.string(), 0);
+    w.write(1, {{"loss", 2.5}, {"lr", 0.001}});
+    w.write(2, {{"loss", 2.25}});
+  }
+  std::string events;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) events = e.path().string();
+  ASSERT_FALSE(events.empty());
+  const auto records = read_event_records(events);
+  ASSERT_EQ(records.size(), 3u);
+  tensorboard::Event first, second;
+  ASSERT_TRUE(first.ParseFromString(records[0]));
+  EXPECT_EQ(first.file_version(), "brain.Event:2");
+  ASSERT_TRUE(second.ParseFromString(records[1]));
+  EXPECT_EQ(second.step(), 1);
+  ASSERT_EQ(second.summary().value_size(), 2);
+  EXPECT_EQ(second.summary().value(0).tag(), "loss");
+  EXPECT_FLOAT_EQ(second.summary().value(0).simple_value(), 2.5f);
+  // A flipped byte is caught by the record CRC.
+  {
+    std::fstream f(events, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(20);
+    f.put('\x7f');
+  }
+  EXPECT_THROW(read_event_records(events), switchyard::DataError);
+  // Resuming at step 1 drops later lines from metrics.jsonl.
+  { MetricsWriter w(dir.string(), 1); }
+  std::ifstream in(dir / "metrics.jsonl");
+  std::string line, all;
+  while (std::getline(in, line)) all += line + "\n";
+  EXPECT_EQ(all, "{\"step\":1,\"loss\":2.5,\"lr\":0.001}\n");
+}
+
+}  // namespace
+}  // namespace switchyard::trainer
