@@ -70,6 +70,8 @@ Routing RouterImpl::top_k_of(const torch::Tensor& logits, int64_t k) const {
 
 Routing RouterImpl::forward(const torch::Tensor& x_in, const torch::Tensor& token_ids) {
   using core::RouterKind;
+  // Router math stays in fp32 under bf16 autocast: autocast would run these matmuls in bf16.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   SY_CHECK(x_in.dim() == 2 && x_in.size(1) == d_model_, "router: expected x [T, ", d_model_, "], got ", x_in.sizes());
   const auto x = losses::at_least_fp32(x_in);
   const int64_t num_tokens = x.size(0);

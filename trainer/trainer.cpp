@@ -3,7 +3,12 @@
 
 #include <unistd.h>
 
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
 #include <chrono>
+#include <cstdlib>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -17,6 +22,41 @@
 namespace switchyard::trainer {
 namespace fs = std::filesystem;
 namespace {
+
+/// bf16 autocast on CUDA for the scope (fp32 master weights stay as they are).
+class Bf16Autocast {
+ public:
+  explicit Bf16Autocast(bool on) : on_(on) {
+    if (!on_) return;
+#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+#else
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(true);
+#endif
+  }
+  ~Bf16Autocast() {
+    if (!on_) return;
+#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+#else
+    at::autocast::set_enabled(false);
+#endif
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool on_;
+};
+
+/// Test hook: SWITCHYARD_FAULT_INJECT=nan_at_step:<s> makes the loss of optimizer step s (1-based) NaN.
+bool nan_injected(int64_t step) {
+  const char* spec = std::getenv("SWITCHYARD_FAULT_INJECT");
+  if (spec == nullptr) return false;
+  const std::string s = spec, prefix = "nan_at_step:";
+  return s.rfind(prefix, 0) == 0 && std::stoll(s.substr(prefix.size())) == step + 1;
+}
 
 std::string format_duration(double seconds) {
   const auto s = static_cast<int64_t>(seconds);
@@ -123,8 +163,14 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
     const auto batch = train_sampler_->batch(step, world_->rank() * per_rank + m * micro, micro).to(device_);
     using torch::indexing::Slice;
     const auto inputs = batch.index({Slice(), Slice(0, -1)}), targets = batch.index({Slice(), Slice(1, torch::indexing::None)});
-    auto out = model_->forward(inputs);
-    const auto lm = modules::TransformerLMImpl::lm_loss(out.logits, targets);
+    modules::LMOutput out;
+    torch::Tensor lm;
+    {
+      Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+      out = model_->forward(inputs);
+      lm = modules::TransformerLMImpl::lm_loss(out.logits, targets);
+    }
+    if (nan_injected(step)) lm = lm * std::numeric_limits<double>::quiet_NaN();
     ((lm + out.aux_loss) / static_cast<double>(micro_steps)).backward();
     r.lm_loss += lm.item<double>();
     r.aux_loss += out.aux_loss.item<double>();
@@ -140,7 +186,7 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
   parallel::sync_gradients(*model_, *groups_);
   r.grad_norm = global_grad_norm();
   if (!std::isfinite(r.grad_norm) || !std::isfinite(r.lm_loss)) {
-    SY_CHECK_AS(DataError, config_.train.nan_policy == core::NanPolicy::kSkip, "step ", step,
+    SY_CHECK_AS(DataError, config_.train.nan_policy == core::NanPolicy::kSkip, "step ", step + 1,
                 ": non-finite loss or gradient (train.nan_policy error)");
     r.skipped = true;
     optimizer_->zero_grad();
@@ -183,6 +229,7 @@ double Trainer::evaluate() {
     for (int64_t m = 0; m < per_rank; m += config_.train.micro_batch) {
       const auto batch = val_sampler_->batch(b, world_->rank() * per_rank + m, config_.train.micro_batch).to(device_);
       using torch::indexing::Slice;
+      Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
       const auto out = model_->forward(batch.index({Slice(), Slice(0, -1)}));
       total += modules::TransformerLMImpl::lm_loss(out.logits, batch.index({Slice(), Slice(1, torch::indexing::None)})).item<double>();
     }

@@ -81,5 +81,15 @@ before_kept=$(echo "$before" | grep -v 'rank_0.bin\|rank_1.bin')
 [ "$(echo "$after" | grep -v events.out)" = "$(echo "$before_kept" | grep -v events.out)" ] &&
   ok "nothing deleted or overwritten by the refused runs" || fail "files changed after a refused resume"
 
+# 4. NaN policy: skip the step and count it, or stop with an error.
+SWITCHYARD_FAULT_INJECT=nan_at_step:3 train 2 2 "$work/nan" --set train.checkpoint_every=0
+status=$?
+[ "$status" -eq 0 ] && tail -n 1 "$work/nan/metrics.jsonl" | grep -q '"skipped_steps":1' &&
+  ok "nan_policy skip: the NaN step is skipped and counted, training goes on" || fail "nan skip: status $status"
+SWITCHYARD_FAULT_INJECT=nan_at_step:3 train 2 2 "$work/nan2" --set train.nan_policy=error --set train.checkpoint_every=0
+status=$?
+[ "$status" -eq 2 ] && grep -q "^error: .*step 3: non-finite loss or gradient (train.nan_policy error)" "$work/nan2.log" &&
+  ok "nan_policy error: exit 2 naming the step" || fail "nan error: status $status: $(grep error "$work/nan2.log")"
+
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]
