@@ -111,6 +111,7 @@ int run(int argc, char** argv) {
     if (!run_dir.empty()) train_args.overrides.push_back("train.run_dir=" + run_dir);
     const core::Config config = train_args.load();
     parallel::MpiRuntime mpi(&argc, &argv);
+    parallel::install_crash_handler(mpi.rank());
     core::set_log_rank(mpi.rank(), mpi.size());
     trainer::Trainer t(config, mpi.world(config.parallel.timeout_s));
     t.train(trainer::ResumeMode::parse(resume));
@@ -119,6 +120,7 @@ int run(int argc, char** argv) {
   if (eval_cmd->parsed()) {
     const core::Config config = eval_args.load();
     parallel::MpiRuntime mpi(&argc, &argv);
+    parallel::install_crash_handler(mpi.rank());
     core::set_log_rank(mpi.rank(), mpi.size());
     trainer::Trainer t(config, mpi.world(config.parallel.timeout_s));
     t.load_checkpoint(eval_checkpoint);

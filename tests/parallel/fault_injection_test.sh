@@ -14,7 +14,7 @@ check() {  # mode, expected stderr text
     echo "FAIL [$1]: exit status $status (0 = not detected, 124 = hang)"; failures=$((failures + 1))
   elif ! grep -q "$2" /tmp/fault.$$.err; then
     echo "FAIL [$1]: stderr lacks '$2':"; cat /tmp/fault.$$.err; failures=$((failures + 1))
-  elif grep -q "Segmentation\|Aborted (core dumped)\|terminate called" /tmp/fault.$$.err; then
+  elif grep -q "Process received signal\|Aborted (core dumped)\|terminate called" /tmp/fault.$$.err; then
     echo "FAIL [$1]: crash trace:"; cat /tmp/fault.$$.err; failures=$((failures + 1))
   else
     echo "ok   [$1]: status $status after $((end - start)) s: $(grep '^error:' /tmp/fault.$$.err | head -n1)"
@@ -22,6 +22,7 @@ check() {  # mode, expected stderr text
 }
 check throw "^error: \[rank 1\] injected failure at step 3"
 check hang "^error: \[rank 0\] all_reduce did not complete within parallel.timeout_s = 2 s"
+check segv "^error: \[rank 1\] internal error: signal 11 (a bug in Switchyard"
 rm -f /tmp/fault.$$.out /tmp/fault.$$.err
-echo "$((2 - failures)) passed, $failures failed"
+echo "$((3 - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]
