@@ -102,6 +102,7 @@ LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens) {
         auto it = out.losses.find(name);
         out.losses[name] = it == out.losses.end() ? value : it->second + value;
       }
+      out.layer_losses.push_back(moe.losses);
       out.moe_stats.push_back(std::move(moe.stats));
     } else {
       h = h + dense_ffns_[l]->forward(normed);

@@ -46,6 +46,7 @@ struct LMOutput {
   torch::Tensor logits;                         ///< [B, S, vocab]
   torch::Tensor aux_loss;                       ///< 0-dim: sum of every routing loss of every layer
   std::map<std::string, torch::Tensor> losses;  ///< each routing loss summed over layers
+  std::vector<std::map<std::string, torch::Tensor>> layer_losses;  ///< per MoE layer, in layer order
   std::vector<MoEStats> moe_stats;              ///< one per MoE layer, in layer order
 };
 

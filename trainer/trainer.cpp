@@ -175,6 +175,11 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
     r.lm_loss += lm.item<double>();
     r.aux_loss += out.aux_loss.item<double>();
     for (const auto& [name, v] : out.losses) r.losses[name] += v.item<double>();
+    for (size_t l = 0; l < out.layer_losses.size(); ++l) {
+      for (const auto& [name, v] : out.layer_losses[l]) {
+        r.losses[name + "_moe" + std::to_string(l)] += v.item<double>();
+      }
+    }
     for (size_t l = 0; l < out.moe_stats.size(); ++l) {
       const auto& s = out.moe_stats[l];
       if (loads.size() <= l) loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64).cpu());

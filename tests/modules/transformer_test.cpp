@@ -49,6 +49,8 @@ TEST(TransformerLM, MoeEveryAndTying) {
   const auto out = tied->forward(torch::randint(0, 32, {1, 8}, torch::kInt64));
   EXPECT_EQ(out.moe_stats.size(), 1u);
   EXPECT_TRUE(out.losses.count("load_balance"));
+  ASSERT_EQ(out.layer_losses.size(), 1u);
+  EXPECT_EQ(out.layer_losses[0].at("load_balance").item<double>(), out.losses.at("load_balance").item<double>());
 }
 
 TEST(TransformerLM, LearnsARepetitiveCorpus) {

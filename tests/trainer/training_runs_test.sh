@@ -48,6 +48,9 @@ losses "$work/full" 1 >"$work/full.txt"; losses "$work/killed" 1 >"$work/killed.
 if cmp -s "$work/full.txt" "$work/killed.txt"; then ok "resumed losses equal the uninterrupted run bitwise (steps 1-8, no step repeated)"
 else fail "resumed losses differ:"; diff "$work/full.txt" "$work/killed.txt"; fi
 
+grep -q '"loss_z_loss_moe1":' "$work/full/metrics.jsonl" && grep -q '"loss_z_loss":' "$work/full/metrics.jsonl" &&
+  ok "metrics carry every routing loss per MoE layer and summed" || fail "per-layer loss metrics missing"
+
 # 2. Re-sharding: 4 ranks EP 4 <-> 2 ranks EP 2.
 train 4 4 "$work/full4" || fail "4-rank run: $(tail -n 3 "$work/full4.log")"
 losses "$work/full4" 5 >"$work/full4.txt"
