@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "core/logging.h"
+#include "parallel/placement_plan.h"
 #include "trainer/metrics.h"
 
 namespace switchyard::trainer {
@@ -88,9 +89,6 @@ ResumeMode ResumeMode::parse(const std::string& text) {
 Trainer::Trainer(const core::Config& config, std::shared_ptr<parallel::Communicator> world)
     : config_(config), world_(std::move(world)) {
   config_.validate_for_world(world_->size());
-  SY_CHECK_AS(ConfigError, config_.parallel.placement.empty(),
-              "parallel.placement: plan files are applied once the placement planner lands; leave it empty "
-              "(contiguous placement)");
   SY_CHECK_AS(ConfigError, config_.train.device == core::DeviceKind::kCpu || torch::cuda::is_available(),
               "train.device: cuda requested but no CUDA device is visible");
   device_ = config_.train.device == core::DeviceKind::kCuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
@@ -109,8 +107,14 @@ Trainer::Trainer(const core::Config& config, std::shared_ptr<parallel::Communica
                                                         config_.train.global_batch, seed, config_.model.vocab_size);
   val_sampler_ = std::make_unique<data::BatchSampler>(*source_, split_.val_begin, split_.val_end, config_.model.seq_len,
                                                       config_.train.global_batch, seed + 1, config_.model.vocab_size);
-  for (int64_t l = 0; l < config_.num_moe_layers(); ++l) {
-    placements_.push_back(parallel::ExpertPlacement::contiguous(config_.model.moe.num_experts, groups_->ep_size));
+  if (config_.parallel.placement.empty()) {
+    for (int64_t l = 0; l < config_.num_moe_layers(); ++l) {
+      placements_.push_back(parallel::ExpertPlacement::contiguous(config_.model.moe.num_experts, groups_->ep_size));
+    }
+  } else {
+    placements_ = parallel::load_placement_plan(config_.parallel.placement, config_.num_moe_layers(),
+                                                config_.model.moe.num_experts, groups_->ep_size);
+    core::log_info("placement: ", config_.parallel.placement, " (", placements_.size(), " MoE layers)");
   }
   model_ = modules::TransformerLM(config_.model, config_.losses, seed,
                                   parallel::make_dispatcher_factory(groups_, config_, &dispatchers_, placements_));
