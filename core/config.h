@@ -320,7 +320,7 @@ struct Config {
   /// Whether transformer block `layer_idx` (0-based) has an MoE FFN.
   bool is_moe_layer(int64_t layer_idx) const { return (layer_idx + 1) % model.moe.every == 0; }
   int64_t num_moe_layers() const { return model.n_layers / model.moe.every; }
-  /// Data-parallel replicas of the dense model: every rank is one.
+  /// Micro-batches each rank runs per optimizer step.
   int64_t micro_steps(int world_size) const { return train.global_batch / (train.micro_batch * world_size); }
 };
 

@@ -98,7 +98,7 @@ struct Expanded {
   torch::Tensor slot_mask;   ///< [R, k] bool: slot j of the source row belongs to this output row
 };
 
-Expanded expand_rows(const torch::Tensor& slot_group /*[N, k], -1 unused*/, int64_t num_groups, bool dedup) {
+Expanded expand_rows(const torch::Tensor& slot_group /*[N, k], -1 unused*/, bool dedup) {
   const int64_t rows = slot_group.size(0), k = slot_group.size(1);
   const auto flat = slot_group.reshape({-1});
   const auto valid_slots = flat.ge(0).nonzero().reshape({-1});  // flat slot ids, ascending (row, slot)
@@ -107,14 +107,13 @@ Expanded expand_rows(const torch::Tensor& slot_group /*[N, k], -1 unused*/, int6
   const auto g = flat.index_select(0, valid_slots);
   // Key orders by group, then row, then (without dedup) slot.
   const auto key = dedup ? g * rows + row_of_slot : (g * rows + row_of_slot) * k + j_of_slot;
-  auto [unique_keys, inverse, counts] = at::_unique2(key, /*sorted=*/true, /*return_inverse=*/true, false);
+  const auto [unique_keys, inverse, unused_counts] = at::_unique2(key, /*sorted=*/true, /*return_inverse=*/true, false);
   Expanded e;
   const auto unique_gr = dedup ? unique_keys : unique_keys.div(k, "floor");
   e.group = unique_gr.div(std::max<int64_t>(rows, 1), "floor");
   e.source_row = unique_gr.remainder(std::max<int64_t>(rows, 1));
   e.slot_mask = torch::zeros({unique_keys.size(0), k}, torch::dtype(torch::kBool).device(slot_group.device()));
   if (valid_slots.numel() > 0) e.slot_mask.index_put_({inverse, j_of_slot}, true);
-  (void)num_groups;
   return e;
 }
 
@@ -179,7 +178,7 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
   const auto slot_node = dest.div(per_node, "floor").masked_fill(valid.logical_not(), -1);
 
   // Node rows: (node, token), sorted; they carry gates and targets of the slots bound for that node.
-  const auto node_rows = expand_rows(slot_node, num_nodes, dedup_);
+  const auto node_rows = expand_rows(slot_node, dedup_);
   state->node_row_token = node_rows.source_row;
   const auto node_x = x.index_select(0, node_rows.source_row);
   const auto node_gates = gates.index_select(0, node_rows.source_row) * node_rows.slot_mask.to(gates.scalar_type());
@@ -216,7 +215,7 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
   const auto slot_dest = torch::where(mid_target.ge(0), mid_group.unsqueeze(1) * per_node + slot_local_rank, mid_target);
   const int64_t num_dest = flat ? groups_->ep_size : per_node;
   const auto dest_in_comm = flat ? slot_dest : slot_local_rank;
-  const auto rank_rows = expand_rows(dest_in_comm, num_dest, dedup_);
+  const auto rank_rows = expand_rows(dest_in_comm, dedup_);
   state->rank_row_node_row = rank_rows.source_row;
   state->num_node_rows = mid_x.size(0);
   const auto rank_x = mid_x.index_select(0, rank_rows.source_row);

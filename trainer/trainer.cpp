@@ -159,7 +159,7 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
   const int64_t world = world_->size();
   const int64_t per_rank = config_.train.global_batch / world;
   const int64_t micro = config_.train.micro_batch;
-  const int64_t micro_steps = per_rank / micro;
+  const int64_t micro_steps = config_.micro_steps(world_->size());
   optimizer_->zero_grad();
   std::vector<torch::Tensor> loads;
   double dropped = 0, routed = 0;
@@ -216,11 +216,18 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
       if (!layer.is_empty()) layer->router->update_bias(loads.at(i++));
   }
   r.loads = loads;
-  r.dropped = all_reduce_sum(*world_, dropped);
-  r.routed = all_reduce_sum(*world_, routed);
-  r.lm_loss = all_reduce_sum(*world_, r.lm_loss) / static_cast<double>(world * micro_steps);
-  r.aux_loss = all_reduce_sum(*world_, r.aux_loss) / static_cast<double>(world * micro_steps);
-  for (auto& [name, v] : r.losses) v = all_reduce_sum(*world_, v) / static_cast<double>(world * micro_steps);
+  // One all-reduce for every scalar of the step (loss names are ordered alike on every rank).
+  std::vector<double> scalars = {r.lm_loss, r.aux_loss, dropped, routed};
+  for (const auto& [name, v] : r.losses) scalars.push_back(v);
+  auto packed = torch::tensor(scalars, torch::kFloat64);
+  world_->all_reduce(packed, parallel::ReduceOp::kSum);
+  const double micro_batches = static_cast<double>(world * micro_steps);
+  r.lm_loss = packed[0].item<double>() / micro_batches;
+  r.aux_loss = packed[1].item<double>() / micro_batches;
+  r.dropped = packed[2].item<double>();
+  r.routed = packed[3].item<double>();
+  int64_t i = 4;
+  for (auto& [name, v] : r.losses) v = packed[i++].item<double>() / micro_batches;
   return r;
 }
 
