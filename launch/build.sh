@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# ccache works with the LibTorch precompiled header only with these sloppiness settings.
+# ccache works with the LibTorch precompiled header only with these sloppiness settings; the base
+# directory lets clones in other folders (CI's) reuse the cache.
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+export CCACHE_BASEDIR="$PWD"
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >build-configure.log 2>&1 || {
   cat build-configure.log >&2
