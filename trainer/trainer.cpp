@@ -143,13 +143,16 @@ void Trainer::load_checkpoint(const std::string& dir) {
 
 double Trainer::global_grad_norm() {
   // Dense gradients are identical on every rank after sync; experts are split over the EP group.
-  double dense = 0, experts = 0;
+  // Squared norms accumulate on the device; one read at the end (not one sync per parameter).
+  auto dense_sq = torch::zeros({}, torch::dtype(torch::kFloat64).device(device_));
+  auto experts_sq = torch::zeros({}, torch::dtype(torch::kFloat64).device(device_));
   for (const auto& item : model_->named_parameters()) {
     const auto& g = item.value().grad();
     if (!g.defined()) continue;
-    const double sq = g.to(torch::kFloat64).pow(2).sum().item<double>();
-    (parallel::is_expert_parameter(item.key()) ? experts : dense) += sq;
+    (parallel::is_expert_parameter(item.key()) ? experts_sq : dense_sq) += g.to(torch::kFloat64).pow(2).sum();
   }
+  const double dense = dense_sq.item<double>();
+  double experts = experts_sq.item<double>();
   experts = all_reduce_sum(*groups_->ep, experts);
   return std::sqrt(dense + experts);
 }
@@ -162,7 +165,8 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
   const int64_t micro_steps = config_.micro_steps(world_->size());
   optimizer_->zero_grad();
   std::vector<torch::Tensor> loads;
-  double dropped = 0, routed = 0;
+  torch::Tensor lm_sum, aux_sum, dropped_sum, routed_sum;
+  std::map<std::string, torch::Tensor> loss_sums;
   for (int64_t m = 0; m < micro_steps; ++m) {
     const auto batch = train_sampler_->batch(step, world_->rank() * per_rank + m * micro, micro).to(device_);
     using torch::indexing::Slice;
@@ -176,22 +180,34 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
     }
     if (nan_injected(step)) lm = lm * std::numeric_limits<double>::quiet_NaN();
     ((lm + out.aux_loss) / static_cast<double>(micro_steps)).backward();
-    r.lm_loss += lm.item<double>();
-    r.aux_loss += out.aux_loss.item<double>();
-    for (const auto& [name, v] : out.losses) r.losses[name] += v.item<double>();
+    // Scalars accumulate as tensors: read once per step, not once per micro-batch and loss.
+    const auto lm64 = lm.detach().to(torch::kFloat64), aux64 = out.aux_loss.detach().to(torch::kFloat64);
+    lm_sum = lm_sum.defined() ? lm_sum + lm64 : lm64;
+    aux_sum = aux_sum.defined() ? aux_sum + aux64 : aux64;
+    auto add = [&](const std::string& name, const torch::Tensor& v) {
+      auto it = loss_sums.find(name);
+      const auto v64 = v.detach().to(torch::kFloat64);
+      if (it == loss_sums.end()) loss_sums.emplace(name, v64);
+      else it->second = it->second + v64;
+    };
+    for (const auto& [name, v] : out.losses) add(name, v);
     for (size_t l = 0; l < out.layer_losses.size(); ++l) {
-      for (const auto& [name, v] : out.layer_losses[l]) {
-        r.losses[name + "_moe" + std::to_string(l)] += v.item<double>();
-      }
+      for (const auto& [name, v] : out.layer_losses[l]) add(name + "_moe" + std::to_string(l), v);
     }
     for (size_t l = 0; l < out.moe_stats.size(); ++l) {
       const auto& s = out.moe_stats[l];
-      if (loads.size() <= l) loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64).cpu());
-      loads[l] += s.tokens_per_expert.to(torch::kCPU, torch::kFloat64);
-      dropped += static_cast<double>(s.dropped_slots.item<int64_t>());
-      routed += static_cast<double>(s.routed_slots.item<int64_t>());
+      if (loads.size() <= l) loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64));
+      loads[l] += s.tokens_per_expert.to(torch::kFloat64);
+      dropped_sum = dropped_sum.defined() ? dropped_sum + s.dropped_slots : s.dropped_slots;
+      routed_sum = routed_sum.defined() ? routed_sum + s.routed_slots : s.routed_slots;
     }
   }
+  r.lm_loss = lm_sum.item<double>();
+  r.aux_loss = aux_sum.item<double>();
+  for (const auto& [name, v] : loss_sums) r.losses[name] = v.item<double>();
+  const double dropped = dropped_sum.defined() ? static_cast<double>(dropped_sum.item<int64_t>()) : 0.0;
+  const double routed = routed_sum.defined() ? static_cast<double>(routed_sum.item<int64_t>()) : 0.0;
+  for (auto& l : loads) l = l.to(torch::kCPU);
   parallel::sync_gradients(*model_, *groups_);
   r.grad_norm = global_grad_norm();
   if (!std::isfinite(r.grad_norm) || !std::isfinite(r.lm_loss)) {
