@@ -266,6 +266,7 @@ struct TrainConfig {
   std::string run_dir = "runs/default";
   NanPolicy nan_policy = NanPolicy::kSkip;
   int64_t trace_every = 0;
+  double peak_tflops = 0;
 
   template <class V>
   void visit(V& v) {
@@ -292,6 +293,8 @@ struct TrainConfig {
     v.field("run_dir", run_dir, "run directory: config.yaml, metrics.jsonl, checkpoints/");
     v.field("nan_policy", nan_policy, "on NaN/Inf loss or gradients: skip the step, or error");
     v.field("trace_every", trace_every, "write a routing trace every N steps (0 = never)", Bounds::at_least(0));
+    v.field("peak_tflops", peak_tflops, "peak dense bf16 TFLOP/s of one GPU for the mfu metric (0 = by device name: "
+                                        "H100/H200 989; unknown cards report no mfu)", Bounds::in(0, 1e6));
   }
 };
 

@@ -118,4 +118,23 @@ torch::Tensor TransformerLMImpl::lm_loss(const torch::Tensor& logits, const torc
                                               targets.reshape({-1}));
 }
 
+double model_flops_per_token(const core::ModelConfig& model) {
+  const double d = static_cast<double>(model.d_model);
+  const auto& moe = model.moe;
+  const double matrices = moe.expert_kind == core::ExpertKind::kSwiGLU ? 3.0 : 2.0;
+  const double per_expert = matrices * d * static_cast<double>(moe.ffn_hidden);
+  double params = 0;  // multiply-accumulates per token
+  for (int64_t l = 0; l < model.n_layers; ++l) {
+    params += 4 * d * d;
+    if (model.moe.every > 0 && (l + 1) % model.moe.every == 0) {
+      params += static_cast<double>(moe.top_k) * per_expert + static_cast<double>(moe.shared_experts) * per_expert +
+                d * static_cast<double>(moe.num_experts + moe.null_experts);
+    } else {
+      params += 3.0 * d * static_cast<double>(model.dense_ffn_hidden);
+    }
+  }
+  params += d * static_cast<double>(model.vocab_size);
+  return 6.0 * params + 12.0 * static_cast<double>(model.n_layers) * d * static_cast<double>(model.seq_len);
+}
+
 }  // namespace switchyard::modules

@@ -74,4 +74,10 @@ class TransformerLMImpl : public torch::nn::Module {
 };
 TORCH_MODULE(TransformerLM);
 
+/// Model FLOPs of one training token (forward + backward = 3x forward), counting matrix multiplies
+/// only, with the routed experts a token actually uses (top_k; null experts cost nothing):
+/// 6 * (attention 4d^2 + FFN + router d*E) per layer + 6 * d * vocab (head) + attention scores
+/// 12 * n_layers * d * seq_len (PaLM's convention, not halved for the causal mask). For MFU.
+double model_flops_per_token(const core::ModelConfig& model);
+
 }  // namespace switchyard::modules

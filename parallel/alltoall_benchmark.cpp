@@ -1,4 +1,4 @@
-// All-to-all benchmark: raw MPI vs our flat and hierarchical exchanges, same bytes, same run.
+// All-to-all benchmark: the raw library call vs our flat and hierarchical exchanges, same bytes, same run.
 #include "parallel/alltoall_benchmark.h"
 
 #include <mpi.h>
@@ -6,11 +6,21 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <functional>
+#include <memory>
 
+#include "core/build_info.h"
 #include "core/error.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
+
+#if SWITCHYARD_HAS_NCCL
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <nccl.h>
+#endif
 
 namespace switchyard::parallel {
 namespace {
@@ -36,10 +46,66 @@ double time_collective(Communicator& world, int warmup, int iters, const std::fu
   return median_ms(times);
 }
 
+#if SWITCHYARD_HAS_NCCL
+/// The reference NCCL all-to-all, as nccl-tests runs it: one ncclSend and one ncclRecv per peer in a
+/// group on a plain communicator, then a stream synchronize. No checks, no deadline.
+class RawNcclAlltoall {
+ public:
+  RawNcclAlltoall(Communicator& bootstrap, int device) : device_(device) {
+    ncclUniqueId id;
+    auto id_bytes = torch::zeros({static_cast<int64_t>(sizeof(id))}, torch::kUInt8);
+    if (bootstrap.rank() == 0) {
+      SY_CHECK_AS(CommError, ncclGetUniqueId(&id) == ncclSuccess, "ncclGetUniqueId failed");
+      std::memcpy(id_bytes.data_ptr(), &id, sizeof(id));
+    }
+    bootstrap.broadcast(id_bytes, 0);
+    std::memcpy(&id, id_bytes.data_ptr(), sizeof(id));
+    SY_CHECK_AS(CommError, ncclCommInitRank(&comm_, bootstrap.size(), id, bootstrap.rank()) == ncclSuccess,
+                "ncclCommInitRank failed");
+    size_ = bootstrap.size();
+  }
+  ~RawNcclAlltoall() { ncclCommDestroy(comm_); }
+  void run(const torch::Tensor& send, torch::Tensor& recv, int64_t bytes_per_peer) {
+    c10::cuda::CUDAGuard guard(device_);
+    auto stream = c10::cuda::getCurrentCUDAStream(device_).stream();
+    const auto* s = static_cast<const char*>(send.data_ptr());
+    auto* r = static_cast<char*>(recv.data_ptr());
+    ncclGroupStart();
+    for (int p = 0; p < size_; ++p) {
+      ncclSend(s + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm_, stream);
+      ncclRecv(r + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm_, stream);
+    }
+    SY_CHECK_AS(CommError, ncclGroupEnd() == ncclSuccess, "raw NCCL all-to-all failed");
+    cudaStreamSynchronize(stream);
+  }
+
+ private:
+  ncclComm_t comm_ = nullptr;
+  int device_;
+  int size_ = 1;
+};
+#endif
+
 }  // namespace
 
 void run_alltoall_benchmark(const AlltoallBenchOptions& options) {
-  auto world = make_mpi_world(options.timeout_s);
+  auto mpi_world = make_mpi_world(options.timeout_s);
+  const bool nccl = options.backend == "nccl";
+  SY_CHECK_AS(UsageError, options.backend == "mpi" || nccl, "--backend: mpi or nccl, got ", options.backend);
+  SY_CHECK_AS(UsageError, !nccl || options.device == "cuda", "--backend nccl needs --device cuda");
+  SY_CHECK_AS(UsageError, !nccl || nccl_available(), "--backend nccl: NCCL is not built in");
+  SY_CHECK_AS(UsageError, options.device == "cpu" || torch::cuda::is_available(), "--device cuda: no CUDA device");
+  // One GPU per rank: the local rank's (ranks of one node are consecutive under mpirun's default map).
+  int local_rank = 0;
+  {
+    const auto node_of_rank = detect_shared_memory_nodes();
+    for (int r = 0; r < mpi_world->rank(); ++r) local_rank += node_of_rank[r] == node_of_rank[mpi_world->rank()];
+  }
+  const int gpus = options.device == "cuda" ? static_cast<int>(torch::cuda::device_count()) : 1;
+  const auto device = options.device == "cuda"
+                          ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus))
+                          : torch::Device(torch::kCPU);
+  auto world = nccl ? make_nccl_communicator(mpi_world, device.index(), options.timeout_s) : mpi_world;
   const int n = world->size();
   core::ParallelConfig pc;
   pc.expert_parallel = n;
@@ -50,8 +116,10 @@ void run_alltoall_benchmark(const AlltoallBenchOptions& options) {
   const int per_node = groups->ep_ranks_per_node;
   const bool can_hier = per_node > 0;
   const int nodes = can_hier ? n / per_node : 1;
-  const auto device = torch::Device(options.device);
-  SY_CHECK_AS(UsageError, options.device == "cpu" || torch::cuda::is_available(), "--device cuda: no CUDA device");
+#if SWITCHYARD_HAS_NCCL
+  std::unique_ptr<RawNcclAlltoall> raw_nccl;
+  if (nccl) raw_nccl = std::make_unique<RawNcclAlltoall>(*mpi_world, device.index());
+#endif
 
   for (const int64_t bytes : options.bytes_per_peer) {
     constexpr int64_t kRow = 1024;  // rows of 1 KiB, as token rows would be
@@ -59,25 +127,34 @@ void run_alltoall_benchmark(const AlltoallBenchOptions& options) {
     const auto send = torch::randint(0, 255, {rows * n, kRow}, torch::dtype(torch::kUInt8)).to(device);
     const std::vector<int64_t> counts(n, rows);
 
-    // Raw: one blocking MPI_Alltoallv on host buffers of the same layout.
-    auto host_send = send.to(torch::kCPU).contiguous();
-    auto host_recv = torch::empty_like(host_send);
-    std::vector<int> c(n, static_cast<int>(rows * kRow)), displ(n);
-    for (int p = 0; p < n; ++p) displ[p] = static_cast<int>(p * rows * kRow);
-    const double raw_ms = time_collective(*world, options.warmup, options.iters, [&] {
-      if (device.is_cuda()) host_send.copy_(send);
-      MPI_Alltoallv(host_send.data_ptr(), c.data(), displ.data(), MPI_BYTE, host_recv.data_ptr(), c.data(), displ.data(),
-                    MPI_BYTE, MPI_COMM_WORLD);
-      if (device.is_cuda()) send.copy_(host_recv);
-    });
-    const double flat_ms = time_collective(*world, options.warmup, options.iters,
+    double raw_ms = 0;
+    if (nccl) {
+#if SWITCHYARD_HAS_NCCL
+      auto recv = torch::empty_like(send);
+      raw_ms = time_collective(*mpi_world, options.warmup, options.iters,
+                               [&] { raw_nccl->run(send, recv, rows * kRow); });
+#endif
+    } else {
+      // Raw: one blocking MPI_Alltoallv on host buffers of the same layout.
+      auto host_send = send.to(torch::kCPU).contiguous();
+      auto host_recv = torch::empty_like(host_send);
+      std::vector<int> c(n, static_cast<int>(rows * kRow)), displ(n);
+      for (int p = 0; p < n; ++p) displ[p] = static_cast<int>(p * rows * kRow);
+      raw_ms = time_collective(*mpi_world, options.warmup, options.iters, [&] {
+        if (device.is_cuda()) host_send.copy_(send);
+        MPI_Alltoallv(host_send.data_ptr(), c.data(), displ.data(), MPI_BYTE, host_recv.data_ptr(), c.data(),
+                      displ.data(), MPI_BYTE, MPI_COMM_WORLD);
+        if (device.is_cuda()) send.copy_(host_recv);
+      });
+    }
+    const double flat_ms = time_collective(*mpi_world, options.warmup, options.iters,
                                            [&] { world->all_to_all_v(send, counts, counts); });
     double hier_ms = -1;
     if (can_hier && nodes > 1) {
       // Stage one: all rows for node m go to (m, my local rank); stage two: spread within the node.
       const std::vector<int64_t> node_counts(nodes, rows * per_node);
       const std::vector<int64_t> local_counts(per_node, rows * nodes);
-      hier_ms = time_collective(*world, options.warmup, options.iters, [&] {
+      hier_ms = time_collective(*mpi_world, options.warmup, options.iters, [&] {
         auto staged = groups->ep_inter_node->all_to_all_v(send, node_counts, node_counts);
         // Regroup [source node][dest local rank] -> [dest local rank][source node].
         staged = staged.view({nodes, per_node, rows, kRow}).transpose(0, 1).contiguous().view({-1, kRow});
@@ -89,10 +166,10 @@ void run_alltoall_benchmark(const AlltoallBenchOptions& options) {
       const double total = static_cast<double>(rows * kRow * n);
       auto busbw = [&](double ms) { return ms > 0 ? total * (n - 1) / n / (ms * 1e-3) / 1e9 : -1.0; };
       std::printf(
-          "{\"bench\":\"alltoall\",\"device\":\"%s\",\"ranks\":%d,\"ranks_per_node\":%d,\"bytes_per_peer\":%lld,"
-          "\"raw_mpi_ms\":%.4f,\"flat_ms\":%.4f,\"hierarchical_ms\":%.4f,\"flat_over_raw\":%.3f,"
+          "{\"bench\":\"alltoall\",\"backend\":\"%s\",\"device\":\"%s\",\"ranks\":%d,\"ranks_per_node\":%d,"
+          "\"bytes_per_peer\":%lld,\"raw_ms\":%.4f,\"flat_ms\":%.4f,\"hierarchical_ms\":%.4f,\"flat_over_raw\":%.3f,"
           "\"hierarchical_over_raw\":%.3f,\"raw_busbw_gbps\":%.3f,\"flat_busbw_gbps\":%.3f}\n",
-          options.device.c_str(), n, per_node, static_cast<long long>(rows * kRow), raw_ms, flat_ms, hier_ms,
+          options.backend.c_str(), options.device.c_str(), n, per_node, static_cast<long long>(rows * kRow), raw_ms, flat_ms, hier_ms,
           flat_ms / raw_ms, hier_ms > 0 ? hier_ms / raw_ms : -1.0, busbw(raw_ms), busbw(flat_ms));
       std::fflush(stdout);
     }

@@ -82,6 +82,7 @@ ExchangeStats take_exchange_stats(const std::vector<std::shared_ptr<ExpertParall
   for (const auto& d : dispatchers) {
     total.intra_node_bytes += d->stats().intra_node_bytes;
     total.inter_node_bytes += d->stats().inter_node_bytes;
+    total.seconds += d->stats().seconds;
     d->reset_stats();
   }
   return total;

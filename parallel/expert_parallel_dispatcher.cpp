@@ -1,7 +1,10 @@
 // Flat and hierarchical expert-parallel exchanges (see the layout notes in the header).
 #include "parallel/expert_parallel_dispatcher.h"
 
+#include <torch/cuda.h>
 #include <torch/torch.h>
+
+#include <chrono>
 
 #include "core/error.h"
 
@@ -30,6 +33,23 @@ void count_bytes(ExchangeStats* stats, const std::vector<int64_t>& peer_class, c
   }
 }
 
+/// comm.all_to_all_v, its time added to stats->seconds.
+torch::Tensor timed_all_to_all(Communicator& comm, ExchangeStats* stats, const torch::Tensor& send,
+                               const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts) {
+  if (send.is_cuda()) torch::cuda::synchronize(send.device().index());
+  const auto start = std::chrono::steady_clock::now();
+  auto out = comm.all_to_all_v(send, send_counts, recv_counts);
+  stats->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+std::vector<int64_t> timed_counts(Communicator& comm, ExchangeStats* stats, const std::vector<int64_t>& send_counts) {
+  const auto start = std::chrono::steady_clock::now();
+  auto out = comm.all_to_all_counts(send_counts);
+  stats->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
 /// all_to_all_v of (rows, gates) as one autograd node: backward is the reverse exchange of both
 /// gradients, so every rank issues the backward collectives in the same order.
 class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
@@ -46,8 +66,8 @@ class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
     ctx->saved_data["recv"] = recv_counts;
     ctx->save_for_backward({rows.new_empty({0, rows.size(1)}), gates.new_empty({0, gates.size(1)})});
     count_bytes(stats, peer_class, send_counts, rows.size(1) * rows.element_size() + gates.size(1) * gates.element_size());
-    auto out_rows = comm->all_to_all_v(rows, send_counts, recv_counts);
-    auto out_gates = comm->all_to_all_v(gates, send_counts, recv_counts);
+    auto out_rows = timed_all_to_all(*comm, stats, rows, send_counts, recv_counts);
+    auto out_gates = timed_all_to_all(*comm, stats, gates, send_counts, recv_counts);
     return {out_rows, out_gates};
   }
 
@@ -64,8 +84,8 @@ class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
     auto grad_gates = grads[1].defined() ? grads[1].contiguous() : like[1].new_zeros({recv_rows, like[1].size(1)});
     count_bytes(stats, peer_class, recv,
                 like[0].size(1) * like[0].element_size() + like[1].size(1) * like[1].element_size());
-    auto back_rows = comm->all_to_all_v(grad_rows, recv, send);
-    auto back_gates = comm->all_to_all_v(grad_gates, recv, send);
+    auto back_rows = timed_all_to_all(*comm, stats, grad_rows, recv, send);
+    auto back_gates = timed_all_to_all(*comm, stats, grad_gates, recv, send);
     return {back_rows, back_gates, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -82,7 +102,7 @@ variable_list exchange(Communicator& comm, ExchangeStats& stats, const std::vect
 torch::Tensor exchange_meta(Communicator& comm, ExchangeStats& stats, const std::vector<int64_t>& peer_class,
                             const torch::Tensor& meta, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
   count_bytes(&stats, peer_class, send, meta.size(1) * meta.element_size());
-  return comm.all_to_all_v(meta, send, recv);
+  return timed_all_to_all(comm, &stats, meta, send, recv);
 }
 
 std::vector<int64_t> counts_per_group(const torch::Tensor& group_of_row, int64_t num_groups) {
@@ -197,7 +217,7 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
     auto& inter = *groups_->ep_inter_node;
     state->node_class = peer_classes(inter, [](int) { return true; });
     state->node_send = counts_per_group(node_rows.group, num_nodes);
-    state->node_recv = inter.all_to_all_counts(state->node_send);
+    state->node_recv = timed_counts(inter, stats_.get(), state->node_send);
     const auto meta = torch::cat({node_target, origin.unsqueeze(1)}, 1);
     const auto recv_meta = exchange_meta(inter, *stats_, state->node_class, meta, state->node_send, state->node_recv);
     auto recv = exchange(inter, *stats_, state->node_class, node_x, node_gates, state->node_send, state->node_recv);
@@ -233,7 +253,7 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
     state->rank_class = peer_classes(comm, [](int) { return false; });
   }
   state->rank_send = counts_per_group(rank_rows.group, num_dest);
-  state->rank_recv = comm.all_to_all_counts(state->rank_send);
+  state->rank_recv = timed_counts(comm, stats_.get(), state->rank_send);
   const auto meta = torch::cat({rank_local, rank_origin.unsqueeze(1)}, 1);
   const auto recv_meta = exchange_meta(comm, *stats_, state->rank_class, meta, state->rank_send, state->rank_recv);
   auto recv = exchange(comm, *stats_, state->rank_class, rank_x, rank_gates, state->rank_send, state->rank_recv);

@@ -26,6 +26,9 @@ namespace switchyard::parallel {
 struct ExchangeStats {
   int64_t intra_node_bytes = 0;
   int64_t inter_node_bytes = 0;
+  /// Wall time inside the exchanges' collectives (CUDA work queued before each one is finished
+  /// first, so compute is not counted as exchange).
+  double seconds = 0;
 };
 
 class ExpertParallelDispatcher : public modules::TokenDispatcher {

@@ -12,6 +12,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/logging.h"
+#include "modules/layer_benchmark.h"
 #include "parallel/alltoall_benchmark.h"
 #include "parallel/communicator.h"
 #include "parallel/fatal.h"
@@ -82,12 +83,24 @@ int run(int argc, char** argv) {
   CLI::App* bench_cmd = app.add_subcommand("bench", "micro-benchmarks (JSON lines on stdout)");
   bench_cmd->require_subcommand(1);
   parallel::AlltoallBenchOptions a2a;
-  CLI::App* a2a_cmd = bench_cmd->add_subcommand("alltoall", "our exchange against raw MPI_Alltoallv (run under mpirun)");
+  CLI::App* a2a_cmd = bench_cmd->add_subcommand("alltoall", "our exchange against the raw library all-to-all (run under mpirun)");
   a2a_cmd->add_option("--ranks-per-node", a2a.ranks_per_node, "emulated ranks per node (0 = detect)")
       ->check(CLI::NonNegativeNumber);
   a2a_cmd->add_option("--bytes", a2a.bytes_per_peer, "bytes per peer, one run each")->delimiter(',');
   a2a_cmd->add_option("--iters", a2a.iters, "timed iterations (median reported)")->check(CLI::PositiveNumber);
   a2a_cmd->add_option("--device", a2a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  a2a_cmd->add_option("--backend", a2a.backend, "mpi, or nccl (--device cuda; raw ncclSend/ncclRecv as the peer)")
+      ->check(CLI::IsMember({"mpi", "nccl"}));
+
+  modules::LayerBenchOptions layer_bench;
+  CLI::App* layer_cmd = bench_cmd->add_subcommand("layer", "one MoE layer, forward and forward+backward (peer presets)");
+  layer_cmd->add_option("--preset", layer_bench.preset, "mixtral_like or deepseek_like")
+      ->check(CLI::IsMember({"mixtral_like", "deepseek_like"}));
+  layer_cmd->add_option("--tokens", layer_bench.tokens, "tokens per batch")->check(CLI::PositiveNumber);
+  layer_cmd->add_option("--device", layer_bench.device, "cuda or cpu")->check(CLI::IsMember({"cpu", "cuda"}));
+  layer_cmd->add_option("--iters", layer_bench.iters, "timed iterations (median reported)")->check(CLI::PositiveNumber);
+  layer_cmd->add_option("--check-tokens", layer_bench.check_tokens, "tokens of the bf16-vs-fp32 check (0 = skip)")
+      ->check(CLI::NonNegativeNumber);
 
   try {
     app.parse(argc, argv);
@@ -113,7 +126,7 @@ int run(int argc, char** argv) {
     parallel::MpiRuntime mpi(&argc, &argv);
     parallel::install_crash_handler(mpi.rank());
     core::set_log_rank(mpi.rank(), mpi.size());
-    trainer::Trainer t(config, mpi.world(config.parallel.timeout_s));
+    trainer::Trainer t(config, parallel::open_run_world(config));
     t.train(trainer::ResumeMode::parse(resume));
     return 0;
   }
@@ -122,7 +135,7 @@ int run(int argc, char** argv) {
     parallel::MpiRuntime mpi(&argc, &argv);
     parallel::install_crash_handler(mpi.rank());
     core::set_log_rank(mpi.rank(), mpi.size());
-    trainer::Trainer t(config, mpi.world(config.parallel.timeout_s));
+    trainer::Trainer t(config, parallel::open_run_world(config));
     t.load_checkpoint(eval_checkpoint);
     const double loss = t.evaluate();
     if (mpi.rank() == 0) std::printf("{\"loss\":%.6f,\"tokens\":%lld}\n", loss, static_cast<long long>(t.eval_tokens()));
@@ -159,6 +172,10 @@ int run(int argc, char** argv) {
       for (auto o : manifest.placement(l).owner()) std::cout << o << " ";
       std::cout << "\n";
     }
+    return 0;
+  }
+  if (layer_cmd->parsed()) {
+    modules::run_layer_benchmark(layer_bench);
     return 0;
   }
   if (a2a_cmd->parsed()) {

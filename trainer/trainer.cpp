@@ -5,6 +5,9 @@
 
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
+#if SWITCHYARD_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
 
 #include <chrono>
 #include <cstdlib>
@@ -15,41 +18,16 @@
 #include <fstream>
 #include <thread>
 
+#include "core/build_info.h"
 #include "core/error.h"
 #include "core/logging.h"
+#include "modules/autocast.h"
 #include "parallel/placement_plan.h"
 #include "trainer/metrics.h"
 
 namespace switchyard::trainer {
 namespace fs = std::filesystem;
 namespace {
-
-/// bf16 autocast on CUDA for the scope (fp32 master weights stay as they are).
-class Bf16Autocast {
- public:
-  explicit Bf16Autocast(bool on) : on_(on) {
-    if (!on_) return;
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    at::autocast::set_autocast_enabled(at::kCUDA, true);
-#else
-    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-    at::autocast::set_enabled(true);
-#endif
-  }
-  ~Bf16Autocast() {
-    if (!on_) return;
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-#else
-    at::autocast::set_enabled(false);
-#endif
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool on_;
-};
 
 /// Test hook: SWITCHYARD_FAULT_INJECT=nan_at_step:<s> makes the loss of optimizer step s (1-based) NaN.
 bool nan_injected(int64_t step) {
@@ -65,6 +43,21 @@ std::string format_duration(double seconds) {
   if (s >= 3600) std::snprintf(buf, sizeof(buf), "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
   else std::snprintf(buf, sizeof(buf), "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
   return buf;
+}
+
+/// Peak dense bf16 TFLOP/s of the device for MFU: train.peak_tflops, else known cards by name, else 0.
+double peak_tflops(const core::TrainConfig& train, const torch::Device& device) {
+  if (train.peak_tflops > 0) return train.peak_tflops;
+#if SWITCHYARD_WITH_CUDA
+  if (device.is_cuda()) {
+    const std::string name = at::cuda::getDeviceProperties(device.index())->name;
+    if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989.4;
+    if (name.find("A100") != std::string::npos) return 312.0;
+  }
+#else
+  (void)device;
+#endif
+  return 0;
 }
 
 double all_reduce_sum(parallel::Communicator& comm, double x) {
@@ -86,12 +79,11 @@ ResumeMode ResumeMode::parse(const std::string& text) {
   return m;
 }
 
-Trainer::Trainer(const core::Config& config, std::shared_ptr<parallel::Communicator> world)
-    : config_(config), world_(std::move(world)) {
+Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
+    : config_(config), world_(std::move(world.comm)), device_(world.device) {
   config_.validate_for_world(world_->size());
-  SY_CHECK_AS(ConfigError, config_.train.device == core::DeviceKind::kCpu || torch::cuda::is_available(),
-              "train.device: cuda requested but no CUDA device is visible");
-  device_ = config_.train.device == core::DeviceKind::kCuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  SY_CHECK_AS(ConfigError, (config_.train.device == core::DeviceKind::kCuda) == device_.is_cuda(),
+              "train.device: ", core::enum_name(config_.train.device), " but the run world is on ", device_.str());
   groups_ = parallel::ProcessGroups::create(world_, config_.parallel);
 
   // One intra-op thread per rank's share of this node's cores.
@@ -174,7 +166,7 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
     modules::LMOutput out;
     torch::Tensor lm;
     {
-      Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+      modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
       out = model_->forward(inputs);
       lm = modules::TransformerLMImpl::lm_loss(out.logits, targets);
     }
@@ -261,7 +253,7 @@ double Trainer::evaluate() {
     for (int64_t m = 0; m < per_rank; m += config_.train.micro_batch) {
       const auto batch = val_sampler_->batch(b, world_->rank() * per_rank + m, config_.train.micro_batch).to(device_);
       using torch::indexing::Slice;
-      Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+      modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
       const auto out = model_->forward(batch.index({Slice(), Slice(0, -1)}));
       total += modules::TransformerLMImpl::lm_loss(out.logits, batch.index({Slice(), Slice(1, torch::indexing::None)})).item<double>();
     }
@@ -313,6 +305,8 @@ void Trainer::train(const ResumeMode& resume) {
   if (rank0) metrics = std::make_unique<MetricsWriter>(run_dir.string(), state_.step);
   const bool tty = isatty(fileno(stderr)) != 0;
   const int64_t tokens_per_step = config_.train.global_batch * config_.model.seq_len;
+  const double flops_per_token = modules::model_flops_per_token(config_.model);
+  const double peak = peak_tflops(config_.train, device_);
   auto window_start = std::chrono::steady_clock::now();
   const auto run_start = window_start;
   int64_t window_steps = 0;
@@ -336,7 +330,8 @@ void Trainer::train(const ResumeMode& resume) {
         if (mean > 0) load_ratio = std::max(load_ratio, l.max().item<double>() / mean);
       }
       const auto bytes = parallel::take_exchange_stats(dispatchers_);
-      auto traffic = torch::tensor({static_cast<double>(bytes.intra_node_bytes), static_cast<double>(bytes.inter_node_bytes)},
+      auto traffic = torch::tensor({static_cast<double>(bytes.intra_node_bytes), static_cast<double>(bytes.inter_node_bytes),
+                                    bytes.seconds},
                                    torch::kFloat64);
       world_->all_reduce(traffic, parallel::ReduceOp::kSum);
       if (rank0) {
@@ -351,7 +346,10 @@ void Trainer::train(const ResumeMode& resume) {
                             {"expert_load_max_over_mean", load_ratio},
                             {"a2a_bytes_intra_node", traffic[0].item<double>()},
                             {"a2a_bytes_inter_node", traffic[1].item<double>()},
-                            {"skipped_steps", static_cast<double>(state_.skipped_steps)}};
+                            {"skipped_steps", static_cast<double>(state_.skipped_steps)},
+                            {"exchange_s", traffic[2].item<double>() / static_cast<double>(world_->size())},
+                            {"exchange_share", traffic[2].item<double>() / static_cast<double>(world_->size()) / std::max(secs, 1e-9)}};
+        if (peak > 0) line.emplace_back("mfu", tok_s * flops_per_token / (peak * 1e12 * static_cast<double>(world_->size())));
         for (const auto& [name, v] : r.losses) line.emplace_back("loss_" + name, v);
         if (eval) line.emplace_back("val_loss", val);
         metrics->write(state_.step, line);

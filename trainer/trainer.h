@@ -14,6 +14,7 @@
 #include "data/token_source.h"
 #include "modules/transformer.h"
 #include "parallel/expert_parallel.h"
+#include "parallel/run_world.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
 
@@ -28,8 +29,9 @@ struct ResumeMode {
 
 class Trainer {
  public:
-  /// Collective over `world`: builds groups, data, model and optimizer. Throws ConfigError/DataError.
-  Trainer(const core::Config& config, std::shared_ptr<parallel::Communicator> world);
+  /// Collective over `world.comm`: builds groups, data, model (on `world.device`) and optimizer.
+  /// Throws ConfigError/DataError.
+  Trainer(const core::Config& config, parallel::RunWorld world);
 
   /// Trains to train.steps, resuming as `resume` says; writes the run directory. Collective.
   void train(const ResumeMode& resume);

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "core/error.h"
+#include "modules/autocast.h"
 #include "modules/moe_layer.h"
 #include "parallel/communicator.h"
 #include "parallel/expert_parallel.h"
@@ -40,9 +41,10 @@ struct Built {
   modules::MoELayer layer{nullptr};
 };
 
-Built build(const core::Config& c, std::vector<int64_t> owner = {}, bool dedup = true) {
+Built build(const core::Config& c, std::vector<int64_t> owner = {}, bool dedup = true,
+            std::shared_ptr<Communicator> comm = world()) {
   Built b;
-  b.groups = ProcessGroups::create(world(), c.parallel);
+  b.groups = ProcessGroups::create(comm, c.parallel);
   auto placement = owner.empty() ? ExpertPlacement::contiguous(c.model.moe.num_experts, c.parallel.expert_parallel)
                                  : ExpertPlacement(owner, c.parallel.expert_parallel);
   b.dispatcher = std::make_shared<ExpertParallelDispatcher>(b.groups, placement, c.parallel.dispatcher, dedup);
@@ -72,10 +74,18 @@ torch::Tensor total_loss(const modules::MoEOutput& out, const torch::Tensor& pro
   return loss;
 }
 
+/// How a distributed run differs from the CPU fp32 single-process reference.
+struct Backend {
+  torch::Device device = torch::kCPU;
+  std::shared_ptr<Communicator> comm;  ///< null: the MPI world
+  bool bf16 = false;                   ///< bf16 autocast (CUDA)
+  double tolerance = 1e-5;             ///< relative L2
+};
+
 /// Runs the distributed layer on this rank's share and the reference on the global batch; compares
 /// outputs, input gradients and every parameter gradient after sync_gradients.
-void expect_matches_reference(const core::Config& c, std::vector<int64_t> owner = {},
-                              torch::Device device = torch::kCPU) {
+void expect_matches_reference(const core::Config& c, std::vector<int64_t> owner = {}, Backend backend = {}) {
+  const auto device = backend.device;
   const Share share = even_share(6);
   torch::manual_seed(123);
   const auto x_all = torch::randn({share.total, 8});
@@ -85,25 +95,32 @@ void expect_matches_reference(const core::Config& c, std::vector<int64_t> owner 
   const auto x_ref = x_all.clone().requires_grad_();
   total_loss(ref->forward(x_ref), probe_all).backward();
 
-  auto dist = build(c, owner);
+  auto dist = build(c, owner, true, backend.comm ? backend.comm : world());
   dist.layer->to(device);
   const auto x = x_all.narrow(0, share.offset, share.count).to(device).requires_grad_();
-  const auto out = dist.layer->forward(x);
-  total_loss(out, probe_all.narrow(0, share.offset, share.count).to(device)).backward();
+  modules::MoEOutput out;
+  {
+    modules::Bf16Autocast autocast(backend.bf16);
+    out = dist.layer->forward(x);
+    total_loss(out, probe_all.narrow(0, share.offset, share.count).to(device)).backward();
+  }
   sync_gradients(*dist.layer, *dist.groups);
+  const double tol = backend.tolerance;
 
   const std::string what = "EP " + std::to_string(c.parallel.expert_parallel) + " of " +
                            std::to_string(world()->size()) + ", " + core::enum_name(c.parallel.dispatcher) + ", " +
-                           device.str();
+                           device.str() + ", " + dist.groups->ep->backend_name() + (backend.bf16 ? ", bf16" : "");
   const int64_t n = world()->size();
-  EXPECT_LT(rel_l2(out.y, ref->forward(x_all).y.narrow(0, share.offset, share.count)), 1e-5) << what;
-  EXPECT_LT(rel_l2(x.grad() / n, x_ref.grad().narrow(0, share.offset, share.count)), 1e-5) << what;
+  EXPECT_LT(rel_l2(out.y.to(torch::kCPU, torch::kFloat32), ref->forward(x_all).y.narrow(0, share.offset, share.count)), tol)
+      << what;
+  EXPECT_LT(rel_l2(x.grad().to(torch::kCPU, torch::kFloat32) / n, x_ref.grad().narrow(0, share.offset, share.count)), tol)
+      << what;
   const auto ids = torch::tensor(dist.dispatcher->local_expert_ids(), torch::kInt64);
   auto ref_params = ref->named_parameters();
   for (const auto& p : dist.layer->named_parameters()) {
     auto expected = ref_params[p.key()].grad();
     if (is_expert_parameter(p.key())) expected = expected.index_select(0, ids);
-    EXPECT_LT(rel_l2(p.value().grad(), expected), 1e-5) << what << " " << p.key();
+    EXPECT_LT(rel_l2(p.value().grad().to(torch::kCPU, torch::kFloat32), expected), tol) << what << " " << p.key();
   }
 }
 
@@ -128,8 +145,29 @@ TEST(ExpertParallel, CudaTensorsOverTheMpiBackendMatchTheCpuReference) {
   // host memory (that Open MPI is not CUDA-aware).
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const int n = world()->size();
-  expect_matches_reference(base_config(n, DispatcherKind::kFlat, 0), {}, torch::kCUDA);
-  if (n % 2 == 0) expect_matches_reference(base_config(n, DispatcherKind::kHierarchical, n / 2), {}, torch::kCUDA);
+  const Backend cuda{torch::kCUDA};
+  expect_matches_reference(base_config(n, DispatcherKind::kFlat, 0), {}, cuda);
+  if (n % 2 == 0) expect_matches_reference(base_config(n, DispatcherKind::kHierarchical, n / 2), {}, cuda);
+}
+
+TEST(ExpertParallel, NcclBackendMatchesTheSingleProcessReference) {
+  // One GPU per rank (NCCL refuses two ranks on one GPU): EP 1, 2, 4, ... up to the world size, flat
+  // and hierarchical on emulated nodes; fp32 to 1e-4 (TF32 off), bf16 autocast to 2e-2.
+  const int n = world()->size();
+  if (!nccl_available()) GTEST_SKIP() << "NCCL not built in";
+  if (torch::cuda::device_count() < n) GTEST_SKIP() << "needs " << n << " GPUs, " << torch::cuda::device_count() << " visible";
+  const int gpu = world()->rank();
+  auto nccl = make_nccl_communicator(world(), gpu, 60.0);
+  ASSERT_EQ(nccl->backend_name(), "nccl");
+  for (const bool bf16 : {false, true}) {
+    const Backend backend{torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(gpu)), nccl, bf16, bf16 ? 2e-2 : 1e-4};
+    for (int ep = 1; ep <= n; ep *= 2) {
+      if (n % ep == 0) expect_matches_reference(base_config(ep, DispatcherKind::kFlat, 0), {}, backend);
+    }
+    for (int rpn = 1; rpn < n; rpn *= 2) {
+      if (n % rpn == 0) expect_matches_reference(base_config(n, DispatcherKind::kHierarchical, rpn), {}, backend);
+    }
+  }
 }
 
 TEST(ExpertParallel, RandomPlacementEqualsReference) {

@@ -1,0 +1,26 @@
+// The world communicator and device of one training or evaluation process, chosen from the config.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+
+#include "core/config.h"
+#include "parallel/communicator.h"
+
+namespace switchyard::parallel {
+
+struct RunWorld {
+  std::shared_ptr<Communicator> comm;
+  torch::Device device{torch::kCPU};
+};
+
+/// Collective over MPI_COMM_WORLD (MPI must be running). On `train.device: cuda` each rank takes the
+/// GPU of its local rank on its (physical) node, modulo the visible GPUs. The backend:
+///   nccl: NCCL over those GPUs; ConfigError when NCCL is not built in or two ranks of a node would
+///         share a GPU (NCCL refuses that);
+///   auto: NCCL when built in, on CUDA, with one GPU per rank; MPI otherwise;
+///   mpi:  MPI (CUDA tensors staged through host memory).
+RunWorld open_run_world(const core::Config& config);
+
+}  // namespace switchyard::parallel
