@@ -1,15 +1,22 @@
 // Batched experts: the grouped-GEMM path where LibTorch has it, a per-expert loop elsewhere.
 #include "modules/experts.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
 #include "core/error.h"
+#include "modules/moe_kernels.h"
 
 namespace switchyard::modules {
 namespace {
 
 torch::Tensor apply_activation(const torch::Tensor& h, int64_t hidden, core::ExpertKind kind) {
   if (kind == core::ExpertKind::kSwiGLU) {
+    if (h.is_cuda()) {  // the fused kernel: one pass, and only h kept for backward
+      auto out_shape = h.sizes().vec();
+      out_shape.back() = hidden;
+      return kernels::swiglu(h.reshape({-1, 2 * hidden})).view(out_shape);
+    }
     return torch::silu(h.narrow(-1, 0, hidden)) * h.narrow(-1, hidden, hidden);
   }
   return torch::gelu(h);
@@ -46,11 +53,16 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   SY_CHECK(tokens_per_expert.numel() == num_local(), "experts: got ", tokens_per_expert.numel(),
            " token counts for ", num_local(), " local experts");
 #if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
-  // One grouped GEMM per projection; offsets stay on the device, so no host synchronization.
-  if (x.is_cuda() && x.scalar_type() == torch::kBFloat16 && w_in.scalar_type() == torch::kBFloat16) {
+  // One grouped GEMM per projection (gate and up fused in w_in) in bf16: bf16 tensors, or fp32
+  // master weights under bf16 autocast (cast here as autocast would). Offsets stay on the device,
+  // so no host synchronization.
+  const bool autocast_bf16 = at::autocast::is_autocast_enabled(at::kCUDA) &&
+                             at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16;
+  if (x.is_cuda() && (x.scalar_type() == torch::kBFloat16 || autocast_bf16)) {
     const auto offs = tokens_per_expert.to(x.device(), torch::kInt64).cumsum(0).to(torch::kInt32);
-    const auto h = at::_grouped_mm(x, w_in, offs);
-    return at::_grouped_mm(activate(h), w_out, offs);
+    const auto bf16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16); };
+    const auto h = at::_grouped_mm(bf16(x), bf16(w_in), offs);
+    return at::_grouped_mm(activate(h), bf16(w_out), offs);
   }
 #endif
   const auto counts = tokens_per_expert.to(torch::kCPU, torch::kInt64);

@@ -7,6 +7,19 @@
 #include "losses/routing_losses.h"
 
 namespace switchyard::modules {
+namespace {
+
+/// Whether every slot of every token always names a routed expert (no capacity drops, no null
+/// experts, a router that always fills its k slots): dispatch then needs no host synchronization.
+bool every_slot_routed(const core::MoEConfig& moe) {
+  using core::RouterKind;
+  const auto kind = moe.router.kind;
+  return moe.capacity_factor <= 0 && moe.null_experts == 0 &&
+         (kind == RouterKind::kTopK || kind == RouterKind::kSigmoidBias || kind == RouterKind::kNoisyTopK ||
+          kind == RouterKind::kHash || kind == RouterKind::kRandom || kind == RouterKind::kCosine);
+}
+
+}  // namespace
 
 double MoEStats::dropped_frac() const {
   const auto routed = routed_slots.item<int64_t>();
@@ -16,7 +29,7 @@ double MoEStats::dropped_frac() const {
 MoELayerImpl::MoELayerImpl(const core::ModelConfig& model, const core::LossesConfig& losses, int64_t layer_idx,
                            uint64_t seed, std::shared_ptr<TokenDispatcher> dispatcher)
     : config_(model.moe), loss_config_(losses), d_model_(model.d_model), dispatcher_(std::move(dispatcher)) {
-  if (!dispatcher_) dispatcher_ = std::make_shared<LocalDispatcher>(config_.num_experts);
+  if (!dispatcher_) dispatcher_ = std::make_shared<LocalDispatcher>(config_.num_experts, every_slot_routed(config_));
   router = register_module("router", Router(config_, model.d_model, model.init_std));
   experts = register_module("experts", Experts(dispatcher_->local_expert_ids(), model.d_model, config_.ffn_hidden,
                                                config_.expert_kind, model.init_std,
@@ -57,8 +70,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& 
   const auto routed_idx = routing.expert_idx.masked_fill(routing.expert_idx.ge(num_experts), -1);
   const Dispatched dispatched = dispatcher_->dispatch(x, routed_idx, routing.gates);
   const auto expert_out = experts->forward(dispatched.tokens, dispatched.tokens_per_expert);
-  const auto weighted = expert_out * dispatched.slot_gates.to(expert_out.scalar_type()).unsqueeze(1);
-  auto y = dispatcher_->combine(weighted, dispatched);
+  auto y = dispatcher_->combine_weighted(expert_out, dispatched.slot_gates, dispatched);
 
   // Null experts never leave the rank and cost no expert FLOPs.
   if (config_.null_experts > 0 && config_.null_expert_kind != core::NullExpertKind::kZero) {

@@ -3,21 +3,24 @@
 
 #include <numeric>
 
+#include "modules/moe_kernels.h"
+
 namespace switchyard::modules {
 namespace {
 
 struct LocalState {
-  torch::Tensor token_idx;
+  torch::Tensor token_idx, row_of_slot;
   int64_t num_tokens;
 };
 
 }  // namespace
 
-SortedSlots sort_slots_by_expert(const torch::Tensor& expert_idx, int64_t num_experts) {
+SortedSlots sort_slots_by_expert(const torch::Tensor& expert_idx, int64_t num_experts, bool every_slot_routed) {
   const int64_t k = expert_idx.size(1);
   const auto flat = expert_idx.reshape({-1});
-  const auto slot_idx = flat.ge(0).logical_and(flat.lt(num_experts)).nonzero().reshape({-1});
-  const auto experts = flat.index_select(0, slot_idx);
+  const auto slot_idx = every_slot_routed ? torch::arange(flat.size(0), flat.options())
+                                          : flat.ge(0).logical_and(flat.lt(num_experts)).nonzero().reshape({-1});
+  const auto experts = every_slot_routed ? flat : flat.index_select(0, slot_idx);
   const auto order = std::get<1>(experts.sort(/*stable=*/true, 0, /*descending=*/false));
   SortedSlots s;
   s.slot_idx = slot_idx.index_select(0, order);
@@ -26,20 +29,32 @@ SortedSlots sort_slots_by_expert(const torch::Tensor& expert_idx, int64_t num_ex
   return s;
 }
 
+torch::Tensor count_sorted(const torch::Tensor& sorted_expert, int64_t num_experts) {
+  const auto bounds = torch::searchsorted(sorted_expert, torch::arange(num_experts + 1, sorted_expert.options()));
+  return (bounds.narrow(0, 1, num_experts) - bounds.narrow(0, 0, num_experts)).to(torch::kInt64);
+}
+
 Dispatched LocalDispatcher::dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx,
                                      const torch::Tensor& gates) {
-  const auto slots = sort_slots_by_expert(expert_idx, num_experts_);
+  const auto slots = sort_slots_by_expert(expert_idx, num_experts_, every_slot_routed_);
+  const auto row_of_slot = kernels::rows_of_slots(slots.slot_idx, x.size(0), expert_idx.size(1));
   Dispatched d;
-  d.tokens = x.index_select(0, slots.token_idx);
+  d.tokens = kernels::permute(x, slots.token_idx, row_of_slot);
   d.slot_gates = gates.reshape({-1}).index_select(0, slots.slot_idx);
-  d.tokens_per_expert = torch::bincount(slots.expert, {}, num_experts_);
-  d.state = std::make_shared<LocalState>(LocalState{slots.token_idx, x.size(0)});
+  d.tokens_per_expert = count_sorted(slots.expert, num_experts_);
+  d.state = std::make_shared<LocalState>(LocalState{slots.token_idx, row_of_slot, x.size(0)});
   return d;
 }
 
 torch::Tensor LocalDispatcher::combine(const torch::Tensor& weighted, const Dispatched& dispatched) {
   const auto& state = *static_cast<const LocalState*>(dispatched.state.get());
   return torch::zeros({state.num_tokens, weighted.size(1)}, weighted.options()).index_add(0, state.token_idx, weighted);
+}
+
+torch::Tensor LocalDispatcher::combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
+                                                const Dispatched& dispatched) {
+  const auto& state = *static_cast<const LocalState*>(dispatched.state.get());
+  return kernels::unpermute(expert_out, gates, state.token_idx, state.row_of_slot);
 }
 
 std::vector<int64_t> LocalDispatcher::local_expert_ids() const {

@@ -30,30 +30,46 @@ class TokenDispatcher {
   /// sum over its slots. Collective like dispatch().
   virtual torch::Tensor combine(const torch::Tensor& weighted, const Dispatched& dispatched) = 0;
 
+  /// combine(expert_out * gates), which a dispatcher may fuse (expert_out [S, d], gates [S]).
+  virtual torch::Tensor combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
+                                         const Dispatched& dispatched) {
+    return combine(expert_out * gates.to(expert_out.scalar_type()).unsqueeze(1), dispatched);
+  }
+
   /// Global ids of the experts this rank holds, in local order.
   virtual std::vector<int64_t> local_expert_ids() const = 0;
 };
 
-/// Single process: every expert is local. Sorts token-slots by expert (stable), gathers, and
-/// scatter-adds the weighted outputs back.
+/// Single process: every expert is local. Sorts token-slots by expert (stable), gathers them with
+/// the fused permute, and sums the gate-weighted outputs back per token with the fused un-permute
+/// (no atomics). With `every_slot_routed` (dropless routing that never skips a slot) it also skips
+/// the one host synchronization of finding the routed slots.
 class LocalDispatcher : public TokenDispatcher {
  public:
-  explicit LocalDispatcher(int64_t num_experts) : num_experts_(num_experts) {}
+  explicit LocalDispatcher(int64_t num_experts, bool every_slot_routed = false)
+      : num_experts_(num_experts), every_slot_routed_(every_slot_routed) {}
   Dispatched dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx, const torch::Tensor& gates) override;
   torch::Tensor combine(const torch::Tensor& weighted, const Dispatched& dispatched) override;
+  torch::Tensor combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
+                                 const Dispatched& dispatched) override;
   std::vector<int64_t> local_expert_ids() const override;
 
  private:
   int64_t num_experts_;
+  bool every_slot_routed_;
 };
 
 /// The slots of expert_idx [T, k] that go to an expert (index in [0, num_experts)), sorted stably by
 /// expert: their token indices and flat slot indices (t * k + j). Shared by every dispatcher.
+/// `every_slot_routed`: the caller knows every slot has an expert (no host sync to find them).
 struct SortedSlots {
   torch::Tensor token_idx;  ///< [S] int64
   torch::Tensor slot_idx;   ///< [S] int64
   torch::Tensor expert;     ///< [S] int64
 };
-SortedSlots sort_slots_by_expert(const torch::Tensor& expert_idx, int64_t num_experts);
+SortedSlots sort_slots_by_expert(const torch::Tensor& expert_idx, int64_t num_experts, bool every_slot_routed = false);
+
+/// Rows per expert [num_experts] int64 of expert ids sorted ascending, on their device (no sync).
+torch::Tensor count_sorted(const torch::Tensor& sorted_expert, int64_t num_experts);
 
 }  // namespace switchyard::modules

@@ -1,0 +1,156 @@
+// The MoE layer benchmark: the peer's shapes, routing (softmax top-k, renormalized, dropless) and
+// FLOP count (useful work: 2 T (k 3 d F + 3 d F_shared + d E) forward, 3x that forward+backward).
+#include "modules/layer_benchmark.h"
+
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "core/build_info.h"
+#include "core/error.h"
+#include "modules/moe_layer.h"
+
+#if SWITCHYARD_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace switchyard::modules {
+namespace {
+
+struct Preset {
+  int64_t d, f, experts, k, shared;  ///< shared: number of shared experts of width f
+};
+
+Preset preset_of(const std::string& name) {
+  if (name == "mixtral_like") return {4096, 14336, 8, 2, 0};
+  if (name == "deepseek_like") return {2048, 1408, 64, 6, 2};
+  throw UsageError("--preset: mixtral_like or deepseek_like, got " + name);
+}
+
+core::Config layer_config(const Preset& p) {
+  core::Config c;
+  c.model.d_model = p.d;
+  c.model.moe.num_experts = p.experts;
+  c.model.moe.top_k = p.k;
+  c.model.moe.ffn_hidden = p.f;
+  c.model.moe.shared_experts = p.shared;
+  c.model.moe.capacity_factor = 0;  // dropless
+  c.model.moe.router.kind = core::RouterKind::kTopK;
+  c.model.moe.router.normalize_topk = true;
+  c.model.init_std = 0.02;
+  c.losses = core::LossesConfig{};
+  c.losses.load_balance = 0;  // the peer computes no routing loss
+  c.losses.z_loss = 0;
+  return c;
+}
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+/// Median milliseconds of `fn` over `iters` runs after `warmup`, each run fenced by device syncs.
+double median_ms(const torch::Device& device, int warmup, int iters, const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  synchronize(device);
+  std::vector<double> ms;
+  for (int i = 0; i < iters; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    synchronize(device);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+double rel_l2(const torch::Tensor& a, const torch::Tensor& ref) {
+  const auto r = ref.to(torch::kCPU, torch::kFloat64);
+  return (a.to(torch::kCPU, torch::kFloat64) - r).norm().item<double>() / std::max(r.norm().item<double>(), 1e-30);
+}
+
+/// Largest relative L2 error of the output and all gradients of a `dtype` copy of the layer against
+/// the fp32 layer, on `tokens` fresh random tokens (seeded from the clock).
+double check_against_fp32(const core::Config& c, const torch::Device& device, int64_t tokens) {
+  const uint64_t seed = std::random_device{}();
+  torch::manual_seed(seed);
+  // Weights and inputs are bf16 values in both, so routing decisions match and the check measures
+  // the arithmetic.
+  MoELayer ref(c.model, c.losses, 0, seed);
+  ref->to(device);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& w : ref->parameters()) w.copy_(w.to(torch::kBFloat16).to(torch::kFloat32));
+  }
+  MoELayer low(c.model, c.losses, 0, seed);  // same seed: same weights
+  low->to(device, torch::kBFloat16);
+  const auto x = torch::randn({tokens, c.model.d_model}, torch::dtype(torch::kFloat32).device(device))
+                     .to(torch::kBFloat16)
+                     .to(torch::kFloat32);
+  const auto x_ref = x.clone().requires_grad_(), x_low = x.to(torch::kBFloat16).requires_grad_();
+  const auto y_ref = ref->forward(x_ref).y, y_low = low->forward(x_low).y;
+  y_ref.square().mean().backward();
+  y_low.to(torch::kFloat32).square().mean().backward();
+  double worst = std::max(rel_l2(y_low, y_ref), rel_l2(x_low.grad(), x_ref.grad()));
+  auto ref_params = ref->named_parameters();
+  for (const auto& p : low->named_parameters()) {
+    if (!p.value().grad().defined()) continue;
+    worst = std::max(worst, rel_l2(p.value().grad(), ref_params[p.key()].grad()));
+  }
+  return worst;
+}
+
+}  // namespace
+
+void run_layer_benchmark(const LayerBenchOptions& options) {
+  const Preset p = preset_of(options.preset);
+  const auto c = layer_config(p);
+  SY_CHECK_AS(UsageError, options.device == "cpu" || torch::cuda::is_available(), "--device cuda: no CUDA device");
+  const torch::Device device(options.device);
+  const torch::Dtype dtype = device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+
+  double check = -1;
+  if (options.check_tokens > 0) check = check_against_fp32(c, device, options.check_tokens);
+
+  const int64_t T = options.tokens;
+  const double flops = 2.0 * static_cast<double>(T) *
+                       static_cast<double>(p.k * 3 * p.d * p.f + 3 * p.d * p.f * p.shared + p.d * p.experts);
+  torch::manual_seed(0);
+  MoELayer layer(c.model, c.losses, 0, 0);
+  layer->to(device, dtype);
+  const auto x = torch::randn({T, p.d}, torch::dtype(dtype).device(device)).requires_grad_();
+#if SWITCHYARD_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+  const double fwd_ms = median_ms(device, options.warmup, options.iters, [&] {
+    torch::NoGradGuard no_grad;
+    layer->forward(x);
+  });
+  const double fwdbwd_ms = median_ms(device, options.warmup, options.iters, [&] {
+    layer->forward(x).y.to(torch::kFloat32).square().mean().backward();
+  });
+  double peak_gib = -1;
+#if SWITCHYARD_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    peak_gib = static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
+  }
+#endif
+  std::printf(
+      "{\"bench\":\"layer\",\"preset\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\",\"tokens\":%lld,\"fwd_ms\":%.4f,"
+      "\"fwdbwd_ms\":%.4f,\"fwd_tflops\":%.2f,\"fwdbwd_tflops\":%.2f,\"peak_mem_gib\":%.3f,\"check_tokens\":%lld,"
+      "\"check_max_rel_l2\":%.3e}\n",
+      options.preset.c_str(), device.str().c_str(), device.is_cuda() ? "bf16" : "fp32", static_cast<long long>(T), fwd_ms,
+      fwdbwd_ms, flops / fwd_ms / 1e9, 3 * flops / fwdbwd_ms / 1e9, peak_gib, static_cast<long long>(options.check_tokens),
+      check);
+  std::fflush(stdout);
+  SY_CHECK_AS(InternalError, check < 1e-2, "bench layer: bf16 output or gradients differ from the fp32 reference by ",
+              check, " (relative L2; limit 1e-2)");
+}
+
+}  // namespace switchyard::modules

@@ -1,0 +1,24 @@
+// `switchyard bench layer`: one MoE layer, forward and forward+backward, timed and checked, with the
+// presets, routing and FLOP count of the peer script (../shared/bench/peer_moe_layer.py).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace switchyard::modules {
+
+struct LayerBenchOptions {
+  std::string preset = "mixtral_like";  ///< mixtral_like or deepseek_like
+  int64_t tokens = 16384;
+  std::string device = "cuda";
+  int warmup = 5;
+  int iters = 20;
+  int64_t check_tokens = 512;  ///< 0 = no correctness check
+};
+
+/// Prints one JSON line: fwd_ms, fwdbwd_ms, fwd_tflops, fwdbwd_tflops, peak_mem_gib (CUDA), and the
+/// check: the largest relative L2 error of the bf16 output and gradients (input and every
+/// parameter) against an fp32 reference on fresh random inputs. Throws when the check fails (> 1e-2).
+void run_layer_benchmark(const LayerBenchOptions& options);
+
+}  // namespace switchyard::modules

@@ -1,0 +1,136 @@
+// Autograd wrappers of the fused MoE kernels, and their CPU references (plain ATen ops).
+#include "modules/moe_kernels.h"
+
+#include "core/build_info.h"
+#include "core/error.h"
+
+namespace switchyard::modules::kernels {
+
+#if SWITCHYARD_WITH_CUDA
+namespace cuda {  // moe_kernels.cu
+torch::Tensor gather_sum(const torch::Tensor& rows, const torch::Tensor& scale, const torch::Tensor& row_of_slot);
+std::pair<torch::Tensor, torch::Tensor> unpermute_backward(const torch::Tensor& grad_y, const torch::Tensor& rows,
+                                                           const torch::Tensor& gates, const torch::Tensor& token_idx);
+torch::Tensor swiglu_forward(const torch::Tensor& h);
+torch::Tensor swiglu_backward(const torch::Tensor& grad_out, const torch::Tensor& h);
+}  // namespace cuda
+#define SY_ON_CUDA(tensor, call) \
+  if ((tensor).is_cuda()) return cuda::call
+#else
+#define SY_ON_CUDA(tensor, call) \
+  SY_CHECK(!(tensor).is_cuda(), "fused MoE kernels: CUDA tensor, but Switchyard was built without CUDA")
+#endif
+
+namespace raw {
+namespace {
+/// The CPU references accumulate in fp32, or in double for double inputs (gradient checks).
+torch::ScalarType acc(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+}  // namespace
+
+torch::Tensor gather_sum(const torch::Tensor& rows, const torch::Tensor& scale, const torch::Tensor& row_of_slot) {
+  SY_CHECK(row_of_slot.dim() == 2 && rows.dim() == 2, "gather_sum: rows [S, d] and row_of_slot [T, k] expected");
+  SY_ON_CUDA(rows, gather_sum(rows, scale, row_of_slot));
+  const int64_t tokens = row_of_slot.size(0), k = row_of_slot.size(1), d = rows.size(1);
+  const auto valid = row_of_slot.ge(0);
+  const auto idx = row_of_slot.clamp_min(0).reshape({-1});
+  auto w = valid.to(acc(rows));
+  if (scale.defined()) w = w * scale.to(acc(rows)).index_select(0, idx).view({tokens, k});
+  if (rows.size(0) == 0) return torch::zeros({tokens, d}, rows.options());
+  const auto picked = rows.to(acc(rows)).index_select(0, idx).view({tokens, k, d});
+  return (picked * w.unsqueeze(2)).sum(1).to(rows.scalar_type());
+}
+
+std::pair<torch::Tensor, torch::Tensor> unpermute_backward(const torch::Tensor& grad_y, const torch::Tensor& rows,
+                                                           const torch::Tensor& gates, const torch::Tensor& token_idx) {
+  SY_ON_CUDA(rows, unpermute_backward(grad_y, rows, gates, token_idx));
+  const auto gy = grad_y.to(acc(rows)).index_select(0, token_idx);
+  const auto grad_rows = (gy * gates.to(acc(rows)).unsqueeze(1)).to(rows.scalar_type());
+  const auto grad_gates = (gy * rows.to(acc(rows))).sum(1).to(gates.scalar_type());
+  return {grad_rows, grad_gates};
+}
+
+torch::Tensor swiglu_forward(const torch::Tensor& h) {
+  SY_CHECK(h.dim() == 2 && h.size(1) % 2 == 0, "swiglu: h [N, 2f] expected, got ", h.sizes());
+  SY_ON_CUDA(h, swiglu_forward(h));
+  const int64_t f = h.size(1) / 2;
+  const auto g = h.narrow(1, 0, f).to(acc(h)), u = h.narrow(1, f, f).to(acc(h));
+  return (torch::silu(g) * u).to(h.scalar_type());
+}
+
+torch::Tensor swiglu_backward(const torch::Tensor& grad_out, const torch::Tensor& h) {
+  SY_ON_CUDA(h, swiglu_backward(grad_out, h));
+  const int64_t f = h.size(1) / 2;
+  const auto g = h.narrow(1, 0, f).to(acc(h)), u = h.narrow(1, f, f).to(acc(h));
+  const auto go = grad_out.to(acc(h));
+  const auto s = torch::sigmoid(g);
+  const auto dsilu = s * (1 + g * (1 - s));
+  return torch::cat({go * u * dsilu, go * g * s}, 1).to(h.scalar_type());
+}
+
+}  // namespace raw
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class PermuteFn : public torch::autograd::Function<PermuteFn> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& token_idx,
+                               const torch::Tensor& row_of_slot) {
+    ctx->save_for_backward({row_of_slot});
+    return x.index_select(0, token_idx);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto row_of_slot = ctx->get_saved_variables()[0];
+    return {raw::gather_sum(grads[0].contiguous(), {}, row_of_slot), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+class UnpermuteFn : public torch::autograd::Function<UnpermuteFn> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& rows, const torch::Tensor& gates,
+                               const torch::Tensor& token_idx, const torch::Tensor& row_of_slot) {
+    ctx->save_for_backward({rows, gates, token_idx});
+    return raw::gather_sum(rows, gates, row_of_slot);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [grad_rows, grad_gates] = raw::unpermute_backward(grads[0].contiguous(), saved[0], saved[1], saved[2]);
+    return {grad_rows, grad_gates, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+class SwigluFn : public torch::autograd::Function<SwigluFn> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h) {
+    ctx->save_for_backward({h});
+    return raw::swiglu_forward(h);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {raw::swiglu_backward(grads[0].contiguous(), ctx->get_saved_variables()[0])};
+  }
+};
+
+}  // namespace
+
+torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_idx, const torch::Tensor& row_of_slot) {
+  return PermuteFn::apply(x, token_idx, row_of_slot);
+}
+
+torch::Tensor unpermute(const torch::Tensor& rows, const torch::Tensor& gates, const torch::Tensor& token_idx,
+                        const torch::Tensor& row_of_slot) {
+  return UnpermuteFn::apply(rows.contiguous(), gates.contiguous(), token_idx, row_of_slot);
+}
+
+torch::Tensor swiglu(const torch::Tensor& h) { return SwigluFn::apply(h.contiguous()); }
+
+torch::Tensor rows_of_slots(const torch::Tensor& slot_idx, int64_t num_tokens, int64_t k) {
+  auto out = torch::full({num_tokens * k}, -1, slot_idx.options().dtype(torch::kInt64));
+  out.index_put_({slot_idx}, torch::arange(slot_idx.size(0), out.options()));
+  return out.view({num_tokens, k});
+}
+
+}  // namespace switchyard::modules::kernels

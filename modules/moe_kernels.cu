@@ -1,0 +1,241 @@
+// CUDA kernels of the fused MoE ops (moe_kernels.h). Memory-bound: each thread moves 16 bytes per
+// access when rows are 16-byte aligned, and accumulates in fp32.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+#include <utility>
+
+namespace switchyard::modules::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+/// Elements per 16-byte access when every row of `width` elements starts 16-byte aligned, else 1.
+template <typename T>
+int vector_width(int64_t width, std::initializer_list<const void*> pointers) {
+  constexpr int kVec = 16 / sizeof(T);
+  if (width % kVec != 0) return 1;
+  for (const void* p : pointers) {
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
+  }
+  return kVec;
+}
+
+// out[t] = sum_j scale[r] * rows[r] over r = row_of_slot[t, j] >= 0. One block per token.
+template <typename T, int V>
+__global__ void gather_sum_kernel(const T* __restrict__ rows, const float* __restrict__ scale,
+                                  const int64_t* __restrict__ row_of_slot, T* __restrict__ out, int k, int64_t d) {
+  const int64_t t = blockIdx.x;
+  const int64_t* slots = row_of_slot + t * k;
+  for (int64_t c = static_cast<int64_t>(threadIdx.x) * V; c < d; c += static_cast<int64_t>(blockDim.x) * V) {
+    float acc[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc[i] = 0.f;
+    for (int j = 0; j < k; ++j) {
+      const int64_t r = slots[j];
+      if (r < 0) continue;
+      const float w = scale != nullptr ? scale[r] : 1.f;
+      const auto in = *reinterpret_cast<const Pack<T, V>*>(rows + r * d + c);
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[i] += w * static_cast<float>(in.v[i]);
+    }
+    Pack<T, V> o;
+#pragma unroll
+    for (int i = 0; i < V; ++i) o.v[i] = static_cast<T>(acc[i]);
+    *reinterpret_cast<Pack<T, V>*>(out + t * d + c) = o;
+  }
+}
+
+// grad_rows[s] = gate[s] * grad_y[token[s]]; grad_gate[s] = <grad_y[token[s]], rows[s]>. One block per row.
+template <typename T, int V>
+__global__ void unpermute_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ rows,
+                                          const float* __restrict__ gates, const int64_t* __restrict__ token_idx,
+                                          T* __restrict__ grad_rows, float* __restrict__ grad_gates, int64_t d) {
+  const int64_t s = blockIdx.x;
+  const int64_t t = token_idx[s];
+  const float g = gates[s];
+  float dot = 0.f;
+  for (int64_t c = static_cast<int64_t>(threadIdx.x) * V; c < d; c += static_cast<int64_t>(blockDim.x) * V) {
+    const auto gy = *reinterpret_cast<const Pack<T, V>*>(grad_y + t * d + c);
+    const auto x = *reinterpret_cast<const Pack<T, V>*>(rows + s * d + c);
+    Pack<T, V> o;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float gyf = static_cast<float>(gy.v[i]);
+      o.v[i] = static_cast<T>(g * gyf);
+      dot += gyf * static_cast<float>(x.v[i]);
+    }
+    *reinterpret_cast<Pack<T, V>*>(grad_rows + s * d + c) = o;
+  }
+  // Block reduction: warps by shuffle, then the warp sums through shared memory.
+  __shared__ float partial[kThreads / 32];
+  for (int off = 16; off > 0; off /= 2) dot += __shfl_down_sync(0xffffffffu, dot, off);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = dot;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.f;
+    for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w) total += partial[w];
+    grad_gates[s] = total;
+  }
+}
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
+
+// out[n, c] = silu(h[n, c]) * h[n, f + c]; grid-stride over packs of V columns.
+template <typename T, int V>
+__global__ void swiglu_forward_kernel(const T* __restrict__ h, T* __restrict__ out, int64_t rows, int64_t f) {
+  const int64_t packs_per_row = f / V, total = rows * packs_per_row;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = e / packs_per_row, c = (e % packs_per_row) * V;
+    const auto g = *reinterpret_cast<const Pack<T, V>*>(h + n * 2 * f + c);
+    const auto u = *reinterpret_cast<const Pack<T, V>*>(h + n * 2 * f + f + c);
+    Pack<T, V> o;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float gf = static_cast<float>(g.v[i]);
+      o.v[i] = static_cast<T>(gf * sigmoidf(gf) * static_cast<float>(u.v[i]));
+    }
+    *reinterpret_cast<Pack<T, V>*>(out + n * f + c) = o;
+  }
+}
+
+template <typename T, int V>
+__global__ void swiglu_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ h, T* __restrict__ grad_h,
+                                       int64_t rows, int64_t f) {
+  const int64_t packs_per_row = f / V, total = rows * packs_per_row;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = e / packs_per_row, c = (e % packs_per_row) * V;
+    const auto go = *reinterpret_cast<const Pack<T, V>*>(grad_out + n * f + c);
+    const auto g = *reinterpret_cast<const Pack<T, V>*>(h + n * 2 * f + c);
+    const auto u = *reinterpret_cast<const Pack<T, V>*>(h + n * 2 * f + f + c);
+    Pack<T, V> dg, du;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float gf = static_cast<float>(g.v[i]), uf = static_cast<float>(u.v[i]), gof = static_cast<float>(go.v[i]);
+      const float sg = sigmoidf(gf);
+      dg.v[i] = static_cast<T>(gof * uf * sg * (1.f + gf * (1.f - sg)));
+      du.v[i] = static_cast<T>(gof * gf * sg);
+    }
+    *reinterpret_cast<Pack<T, V>*>(grad_h + n * 2 * f + c) = dg;
+    *reinterpret_cast<Pack<T, V>*>(grad_h + n * 2 * f + f + c) = du;
+  }
+}
+
+int grid_for(int64_t work) {
+  const int64_t blocks = (work + kThreads - 1) / kThreads;
+  const int64_t cap = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
+}
+
+/// Runs `launch.template operator()<V>()` with V = the widest pack the data allows (16 bytes or 1).
+template <typename T, typename Launch>
+void with_vector_width(int width, Launch&& launch) {
+  constexpr int kVec = 16 / sizeof(T);
+  if (width == kVec) launch(std::integral_constant<int, kVec>());
+  else launch(std::integral_constant<int, 1>());
+}
+
+}  // namespace
+
+at::Tensor gather_sum(const at::Tensor& rows_in, const at::Tensor& scale_in, const at::Tensor& row_of_slot_in) {
+  c10::cuda::CUDAGuard guard(rows_in.device());
+  const auto rows = rows_in.contiguous();
+  const auto row_of_slot = row_of_slot_in.to(at::kLong).contiguous();
+  const auto scale = scale_in.defined() ? scale_in.to(at::kFloat).contiguous() : at::Tensor();
+  const int64_t tokens = row_of_slot.size(0), k = row_of_slot.size(1), d = rows.size(1);
+  auto out = at::empty({tokens, d}, rows.options());
+  if (tokens == 0 || d == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rows.scalar_type(), "gather_sum", [&] {
+    const int v = vector_width<scalar_t>(d, {rows.data_ptr(), out.data_ptr()});
+    with_vector_width<scalar_t>(v, [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      const int threads = static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (d / V + 31) / 32 * 32)));
+      gather_sum_kernel<scalar_t, V><<<tokens, threads, 0, stream>>>(
+          rows.data_ptr<scalar_t>(), scale.defined() ? scale.data_ptr<float>() : nullptr, row_of_slot.data_ptr<int64_t>(),
+          out.data_ptr<scalar_t>(), static_cast<int>(k), d);
+    });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_y_in, const at::Tensor& rows_in,
+                                                           const at::Tensor& gates_in, const at::Tensor& token_idx_in) {
+  c10::cuda::CUDAGuard guard(rows_in.device());
+  const auto grad_y = grad_y_in.to(rows_in.scalar_type()).contiguous();
+  const auto rows = rows_in.contiguous();
+  const auto gates = gates_in.to(at::kFloat).contiguous();
+  const auto token_idx = token_idx_in.to(at::kLong).contiguous();
+  const int64_t num_rows = rows.size(0), d = rows.size(1);
+  auto grad_rows = at::empty_like(rows);
+  auto grad_gates = at::empty({num_rows}, gates.options());
+  if (num_rows > 0) {
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rows.scalar_type(), "unpermute_backward", [&] {
+      const int v = vector_width<scalar_t>(d, {rows.data_ptr(), grad_y.data_ptr(), grad_rows.data_ptr()});
+      with_vector_width<scalar_t>(v, [&](auto vec) {
+        constexpr int V = decltype(vec)::value;
+        unpermute_backward_kernel<scalar_t, V><<<num_rows, kThreads, 0, stream>>>(
+            grad_y.data_ptr<scalar_t>(), rows.data_ptr<scalar_t>(), gates.data_ptr<float>(), token_idx.data_ptr<int64_t>(),
+            grad_rows.data_ptr<scalar_t>(), grad_gates.data_ptr<float>(), d);
+      });
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {grad_rows, grad_gates.to(gates_in.scalar_type())};
+}
+
+at::Tensor swiglu_forward(const at::Tensor& h_in) {
+  c10::cuda::CUDAGuard guard(h_in.device());
+  const auto h = h_in.contiguous();
+  const int64_t rows = h.size(0), f = h.size(1) / 2;
+  auto out = at::empty({rows, f}, h.options());
+  if (rows * f == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "swiglu_forward", [&] {
+    const int v = vector_width<scalar_t>(f, {h.data_ptr(), out.data_ptr()});
+    with_vector_width<scalar_t>(v, [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      swiglu_forward_kernel<scalar_t, V><<<grid_for(rows * f / V), kThreads, 0, stream>>>(
+          h.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, f);
+    });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor swiglu_backward(const at::Tensor& grad_out_in, const at::Tensor& h_in) {
+  c10::cuda::CUDAGuard guard(h_in.device());
+  const auto h = h_in.contiguous();
+  const auto grad_out = grad_out_in.to(h.scalar_type()).contiguous();
+  const int64_t rows = h.size(0), f = h.size(1) / 2;
+  auto grad_h = at::empty_like(h);
+  if (rows * f == 0) return grad_h;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "swiglu_backward", [&] {
+    const int v = vector_width<scalar_t>(f, {h.data_ptr(), grad_out.data_ptr(), grad_h.data_ptr()});
+    with_vector_width<scalar_t>(v, [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      swiglu_backward_kernel<scalar_t, V><<<grid_for(rows * f / V), kThreads, 0, stream>>>(
+          grad_out.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), grad_h.data_ptr<scalar_t>(), rows, f);
+    });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grad_h;
+}
+
+}  // namespace switchyard::modules::kernels::cuda

@@ -1,0 +1,42 @@
+// Fused MoE kernels: permute (token rows to expert order), un-permute with gate weighting, SwiGLU.
+// Each has a CUDA kernel (moe_kernels.cu, built with SWITCHYARD_WITH_CUDA) and a CPU reference made of
+// plain ATen ops; the differentiable entry points pick the kernel by device. No host
+// synchronization: all shapes are known on the host.
+//
+// Slot layout, shared by all three: a routing of T tokens with k slots each gives S dispatched rows
+// in expert order; token_idx [S] is each row's token and row_of_slot [T, k] each slot's row (-1 for a
+// slot that goes to no expert here).
+#pragma once
+
+#include <torch/torch.h>
+
+namespace switchyard::modules::kernels {
+
+/// rows [S, d] = x[token_idx]. Backward: grad_x[t] = sum over t's slots of grad_rows[row] (a gather,
+/// no atomics, deterministic).
+torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_idx, const torch::Tensor& row_of_slot);
+
+/// y [T, d] with y[t] = sum over t's slots of gates[row] * rows[row], accumulated in fp32, in the dtype
+/// of `rows`; gates [S] (any float dtype). Differentiable in rows and gates.
+torch::Tensor unpermute(const torch::Tensor& rows, const torch::Tensor& gates, const torch::Tensor& token_idx,
+                        const torch::Tensor& row_of_slot);
+
+/// h [N, 2f] (gate | up) -> silu(gate) * up [N, f], with a fused backward that keeps only h.
+torch::Tensor swiglu(const torch::Tensor& h);
+
+/// row_of_slot [T, k] from the rows' flat slot indices slot_idx [S] (t * k + j).
+torch::Tensor rows_of_slots(const torch::Tensor& slot_idx, int64_t num_tokens, int64_t k);
+
+// The non-differentiable pieces, exposed for tests (CUDA kernel on CUDA tensors, ATen reference on CPU).
+namespace raw {
+/// out [T, d] (dtype of rows), out[t] = sum_j scale[r] * rows[r] over r = row_of_slot[t, j] >= 0, in
+/// fp32; scale [S] may be undefined (1).
+torch::Tensor gather_sum(const torch::Tensor& rows, const torch::Tensor& scale, const torch::Tensor& row_of_slot);
+/// grad_rows[s] = gates[s] * grad_y[token_idx[s]]; grad_gates[s] = <grad_y[token_idx[s]], rows[s]>.
+std::pair<torch::Tensor, torch::Tensor> unpermute_backward(const torch::Tensor& grad_y, const torch::Tensor& rows,
+                                                           const torch::Tensor& gates, const torch::Tensor& token_idx);
+torch::Tensor swiglu_forward(const torch::Tensor& h);
+torch::Tensor swiglu_backward(const torch::Tensor& grad_out, const torch::Tensor& h);
+}  // namespace raw
+
+}  // namespace switchyard::modules::kernels
