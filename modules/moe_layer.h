@@ -25,6 +25,8 @@ struct MoEStats {
   torch::Tensor entropy;            ///< 0-dim fp32: mean router entropy
   int64_t capacity = -1;            ///< per-expert capacity used (-1: dropless)
   double capacity_min = 0.0;        ///< LocMoE lower bound ec_min (grap), else 0
+  torch::Tensor expert_idx;         ///< [T, k] int64 routed expert per slot after drops (-1: none; null experts >= E)
+  torch::Tensor gates;              ///< [T, k] gate weights (detached), for routing traces
   /// Reads the counters (a device synchronization: call at metric points only).
   double dropped_frac() const;
 };

@@ -16,6 +16,9 @@
 #include "parallel/alltoall_benchmark.h"
 #include "parallel/communicator.h"
 #include "parallel/fatal.h"
+#include "parallel/placement_plan.h"
+#include "parallel/placement_planner.h"
+#include "trainer/routing_trace.h"
 #include "trainer/checkpoint.h"
 #include "trainer/trainer.h"
 
@@ -74,6 +77,38 @@ int run(int argc, char** argv) {
   eval_args.add_to(eval_cmd);
   eval_cmd->add_option("--checkpoint", eval_checkpoint, "checkpoint directory")->required();
 
+  ConfigArgs trace_args;
+  std::string trace_checkpoint, trace_out;
+  int64_t trace_tokens = 65536;
+  CLI::App* trace_cmd = app.add_subcommand("trace", "record routing decisions of a checkpoint on validation tokens");
+  trace_args.add_to(trace_cmd);
+  trace_cmd->add_option("--checkpoint", trace_checkpoint, "checkpoint directory")->required();
+  trace_cmd->add_option("--tokens", trace_tokens, "validation tokens to route (rounded up to global batches)")
+      ->check(CLI::PositiveNumber);
+  trace_cmd->add_option("--out", trace_out, "trace file to write (Protobuf)")->required();
+
+  std::string plan_trace, plan_out;
+  parallel::PlannerOptions plan_opts;
+  bool plan_exhaustive = false;
+  CLI::App* plan_cmd = app.add_subcommand("plan", "expert placement plan from a routing trace (one JSON report line)");
+  plan_cmd->add_option("--trace", plan_trace, "routing trace from `switchyard trace`")->required();
+  plan_cmd->add_option("--ranks", plan_opts.topology.ranks, "expert-parallel ranks")->required()->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--ranks-per-node", plan_opts.topology.ranks_per_node, "ranks per node")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--objective", plan_opts.objective, "coactivation");
+  plan_cmd->add_option("--solver", plan_opts.solver, "ilp (COIN-OR CBC, started from greedy) or greedy")
+      ->check(CLI::IsMember({"ilp", "greedy"}));
+  plan_cmd->add_option("--time-limit", plan_opts.time_limit_s, "ILP seconds over all layers")->check(CLI::PositiveNumber);
+  plan_cmd->add_option("--gap", plan_opts.relative_gap, "ILP relative gap to stop at")->check(CLI::Range(0.0, 1.0));
+  plan_cmd->add_option("--load-slack", plan_opts.load_slack, "per-rank load <= (1 + slack) * mean")
+      ->check(CLI::NonNegativeNumber);
+  plan_cmd->add_option("--inter-node-weight", plan_opts.inter_node_weight, "cost of an inter-node row vs intra-node")
+      ->check(CLI::PositiveNumber);
+  plan_cmd->add_flag("--exhaustive", plan_exhaustive,
+                     "also report the fewest inter-node bytes any placement reaches (2 nodes, small E)");
+  plan_cmd->add_option("--out", plan_out, "plan file to write (YAML)")->required();
+
   std::string inspect_dir;
   bool inspect_json = false;
   CLI::App* inspect_cmd = app.add_subcommand("inspect", "show a checkpoint's manifest and verify its checksums");
@@ -101,6 +136,8 @@ int run(int argc, char** argv) {
   layer_cmd->add_option("--iters", layer_bench.iters, "timed iterations (median reported)")->check(CLI::PositiveNumber);
   layer_cmd->add_option("--check-tokens", layer_bench.check_tokens, "tokens of the bf16-vs-fp32 check (0 = skip)")
       ->check(CLI::NonNegativeNumber);
+  layer_cmd->add_flag("--reset-grads", layer_bench.reset_grads,
+                      "reset .grad before each iteration (a training step) instead of accumulating (the peer's loop)");
 
   try {
     app.parse(argc, argv);
@@ -139,6 +176,53 @@ int run(int argc, char** argv) {
     t.load_checkpoint(eval_checkpoint);
     const double loss = t.evaluate();
     if (mpi.rank() == 0) std::printf("{\"loss\":%.6f,\"tokens\":%lld}\n", loss, static_cast<long long>(t.eval_tokens()));
+    return 0;
+  }
+  if (trace_cmd->parsed()) {
+    const core::Config config = trace_args.load();
+    parallel::MpiRuntime mpi(&argc, &argv);
+    parallel::install_crash_handler(mpi.rank());
+    core::set_log_rank(mpi.rank(), mpi.size());
+    trainer::Trainer t(config, parallel::open_run_world(config));
+    t.load_checkpoint(trace_checkpoint);
+    const int64_t tokens = t.write_trace(trace_out, trace_tokens);
+    if (mpi.rank() == 0) {
+      std::printf("{\"trace\":\"%s\",\"tokens\":%lld,\"moe_layers\":%lld,\"experts\":%lld,\"ranks\":%d}\n",
+                  trace_out.c_str(), static_cast<long long>(tokens), static_cast<long long>(config.num_moe_layers()),
+                  static_cast<long long>(config.model.moe.num_experts), mpi.size());
+    }
+    return 0;
+  }
+  if (plan_cmd->parsed()) {
+    trainer::TraceInfo info;
+    const auto trace = trainer::read_routing_trace(plan_trace, &info);
+    const auto report = parallel::plan_placement(trace, plan_opts);
+    std::vector<parallel::ExpertPlacement> placements;
+    for (const auto& layer : report.layers) placements.emplace_back(layer.owner, plan_opts.topology.ranks);
+    parallel::save_placement_plan(plan_out, placements, plan_opts.topology.ranks);
+    const double row_bytes = parallel::bytes_per_row(info.d_model, trace.layers.at(0).top_k, info.activation_bytes);
+    double best_inter = -1;
+    if (plan_exhaustive) {
+      best_inter = 0;
+      for (const auto& layer : trace.layers) {
+        const double b = parallel::best_inter_node_rows_exhaustive(layer, trace.num_experts, plan_opts.topology);
+        if (b < 0) { best_inter = -1; break; }
+        best_inter += b;
+      }
+    }
+    std::printf(
+        "{\"plan\":\"%s\",\"solver\":\"%s\",\"objective_contiguous\":%.6f,\"objective_greedy\":%.6f,"
+        "\"objective_ilp\":%.6f,\"bound\":%.6f,\"gap\":%.6f,\"ilp_optimal\":%s,\"solve_s\":%.3f,"
+        "\"predicted_inter_node_bytes\":%.2f,\"predicted_intra_node_bytes\":%.2f,"
+        "\"predicted_inter_node_bytes_contiguous\":%.2f,\"predicted_intra_node_bytes_contiguous\":%.2f,"
+        "\"best_possible_inter_node_bytes\":%.2f,\"load_max_over_mean\":%.4f,\"load_max_over_mean_contiguous\":%.4f,"
+        "\"bytes_per_row\":%.0f,\"tokens\":%lld,\"moe_layers\":%zu}\n",
+        plan_out.c_str(), report.solver_used.c_str(), report.objective_contiguous, report.objective_greedy,
+        report.objective_ilp, report.bound, report.gap, report.ilp_optimal ? "true" : "false", report.solve_s,
+        report.inter_node_rows * row_bytes, report.intra_node_rows * row_bytes,
+        report.inter_node_rows_contiguous * row_bytes, report.intra_node_rows_contiguous * row_bytes,
+        best_inter >= 0 ? best_inter * row_bytes : -1.0, report.load_max_over_mean, report.load_max_over_mean_contiguous,
+        row_bytes, static_cast<long long>(trace.layers.at(0).num_tokens()), trace.layers.size());
     return 0;
   }
   if (inspect_cmd->parsed()) {

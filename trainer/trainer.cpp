@@ -5,6 +5,8 @@
 
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
+
+#include "core/build_info.h"
 #if SWITCHYARD_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #endif
@@ -23,6 +25,7 @@
 #include "core/logging.h"
 #include "modules/autocast.h"
 #include "parallel/placement_plan.h"
+#include "trainer/routing_trace.h"
 #include "trainer/metrics.h"
 
 namespace switchyard::trainer {
@@ -263,6 +266,63 @@ double Trainer::evaluate() {
   return all_reduce_sum(*world_, total) / count;
 }
 
+parallel::RoutingTrace Trainer::trace(int64_t tokens) {
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  const int64_t world = world_->size();
+  const int64_t per_rank = config_.train.global_batch / world;
+  const int64_t batch_tokens = config_.train.global_batch * config_.model.seq_len;
+  const int64_t batches = std::max<int64_t>(1, (tokens + batch_tokens - 1) / batch_tokens);
+  const int64_t k = config_.model.moe.top_k, E = config_.model.moe.num_experts;
+  std::vector<std::vector<torch::Tensor>> idx(config_.num_moe_layers()), gates(config_.num_moe_layers());
+  for (int64_t b = 0; b < batches; ++b) {
+    for (int64_t m = 0; m < per_rank; m += config_.train.micro_batch) {
+      const auto batch = val_sampler_->batch(b, world_->rank() * per_rank + m, config_.train.micro_batch).to(device_);
+      modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+      const auto out = model_->forward(batch.index({torch::indexing::Slice(), torch::indexing::Slice(0, -1)}));
+      for (size_t l = 0; l < out.moe_stats.size(); ++l) {
+        const auto& s = out.moe_stats[l];
+        idx[l].push_back(s.expert_idx.reshape({-1, k}).masked_fill(s.expert_idx.reshape({-1, k}).ge(E), -1).to(torch::kCPU));
+        gates[l].push_back(s.gates.reshape({-1, k}).to(torch::kCPU, torch::kFloat32));
+      }
+    }
+  }
+  model_->train();
+  parallel::RoutingTrace trace;
+  trace.num_experts = E;
+  trace.ep_size = groups_->ep_size;
+  // Every rank routed the same number of tokens: gather in rank order, source = the rank's EP rank.
+  auto ep_ranks = world_->all_gather(torch::tensor({static_cast<int64_t>(groups_->ep_rank)}, torch::kInt64)).to(torch::kCPU);
+  for (size_t l = 0; l < idx.size(); ++l) {
+    const auto all_idx = world_->all_gather(torch::cat(idx[l], 0).to(torch::kInt32).contiguous()).to(torch::kCPU);
+    const auto all_gates = world_->all_gather(torch::cat(gates[l], 0).contiguous()).to(torch::kCPU);
+    parallel::LayerRouting r;
+    r.top_k = k;
+    r.experts.assign(all_idx.data_ptr<int32_t>(), all_idx.data_ptr<int32_t>() + all_idx.numel());
+    r.gates.assign(all_gates.data_ptr<float>(), all_gates.data_ptr<float>() + all_gates.numel());
+    const int64_t per = all_idx.size(0) / world;
+    for (int64_t w = 0; w < world; ++w) r.source_rank.insert(r.source_rank.end(), per, static_cast<int32_t>(ep_ranks[w].item<int64_t>()));
+    trace.layers.push_back(std::move(r));
+  }
+  return trace;
+}
+
+int64_t Trainer::write_trace(const std::string& path, int64_t tokens) {
+  const auto t = trace(tokens);
+  if (world_->rank() == 0) {
+    TraceInfo info;
+    info.step = state_.step;
+    info.world_size = world_->size();
+    info.ranks_per_node = groups_->topology.uniform_ranks_per_node();
+    info.d_model = config_.model.d_model;
+    // Exchanged rows are activations: bf16 under CUDA autocast, fp32 otherwise.
+    info.activation_bytes = config_.train.precision == core::Precision::kBf16 && device_.is_cuda() ? 2 : 4;
+    write_routing_trace(path, t, info);
+  }
+  world_->barrier();
+  return t.layers.empty() ? 0 : t.layers[0].num_tokens();
+}
+
 void Trainer::train(const ResumeMode& resume) {
   const bool rank0 = world_->rank() == 0;
   const auto run_dir = fs::path(config_.train.run_dir);
@@ -368,6 +428,13 @@ void Trainer::train(const ResumeMode& resume) {
       }
       window_start = now;
       window_steps = 0;
+    }
+    if (config_.train.trace_every > 0 && state_.step % config_.train.trace_every == 0) {
+      // Bounded: one evaluation's worth of validation tokens per trace file.
+      fs::create_directories(run_dir / "traces");
+      char name[32];
+      std::snprintf(name, sizeof(name), "step_%08lld.pb", static_cast<long long>(state_.step));
+      write_trace((run_dir / "traces" / name).string(), eval_tokens());
     }
     const bool save = config_.train.checkpoint_every > 0 &&
                       (state_.step % config_.train.checkpoint_every == 0 || state_.step == config_.train.steps);

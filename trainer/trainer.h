@@ -14,6 +14,7 @@
 #include "data/token_source.h"
 #include "modules/transformer.h"
 #include "parallel/expert_parallel.h"
+#include "parallel/placement_planner.h"
 #include "parallel/run_world.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
@@ -41,6 +42,11 @@ class Trainer {
   double evaluate();
   /// Tokens one evaluation reads (all ranks together).
   int64_t eval_tokens() const;
+  /// Routes at least `tokens` validation tokens (whole global batches, all ranks together) and returns
+  /// every MoE layer's routing with each token's source EP rank, on every rank (collective).
+  parallel::RoutingTrace trace(int64_t tokens);
+  /// Writes a trace file (rank 0; collective). Returns the token count.
+  int64_t write_trace(const std::string& path, int64_t tokens);
 
   const data::TokenSource& source() const { return *source_; }
 

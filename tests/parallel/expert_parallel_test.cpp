@@ -6,6 +6,7 @@
 #include "modules/moe_layer.h"
 #include "parallel/communicator.h"
 #include "parallel/expert_parallel.h"
+#include "parallel/placement_planner.h"
 #include "tests/test_util.h"
 
 namespace switchyard::parallel {
@@ -310,6 +311,70 @@ TEST(ExpertParallel, LocMoEOnTwoNodes) {
   const auto mask = probe.dispatcher->node_local_expert_mask();
   EXPECT_EQ(mask.sum().item<int64_t>(), n >= 2 ? 4 : 8);  // half the experts sit on this node
   expect_matches_local_reference(c);
+}
+
+/// Forward and backward of a layer whose router sends token j mostly to experts {j % 4, j % 4 + 4}
+/// (pairs that contiguous placement splits over the two emulated nodes); returns the output and the
+/// exchange statistics summed over ranks, and the routing as a trace layer (all ranks' tokens).
+struct PlacedRun {
+  torch::Tensor y;
+  int64_t inter = 0, intra = 0;
+  LayerRouting routing;
+};
+PlacedRun run_paired(const core::Config& c, const std::vector<int64_t>& owner, const torch::Tensor& x) {
+  auto b = build(c, owner);
+  {
+    torch::NoGradGuard g;
+    auto w = b.layer->named_parameters()["router.weight"];
+    w.zero_();
+    for (int64_t e = 0; e < 8; ++e) w[e][e % 4] = 5.0 + 0.1 * static_cast<double>(e / 4);
+  }
+  const auto xr = x.clone().requires_grad_();
+  const auto out = b.layer->forward(xr);
+  total_loss(out, torch::ones_like(out.y)).backward();
+  PlacedRun r;
+  r.y = out.y.detach();
+  auto bytes = torch::tensor({b.dispatcher->stats().inter_node_bytes, b.dispatcher->stats().intra_node_bytes});
+  world()->all_reduce(bytes, ReduceOp::kSum);
+  r.inter = bytes[0].item<int64_t>();
+  r.intra = bytes[1].item<int64_t>();
+  const auto all = world()->all_gather(out.stats.expert_idx.to(torch::kInt32).contiguous());
+  r.routing.top_k = 2;
+  r.routing.experts.assign(all.data_ptr<int32_t>(), all.data_ptr<int32_t>() + all.numel());
+  r.routing.gates.assign(all.numel(), 0.5f);
+  for (int rank = 0; rank < world()->size(); ++rank) r.routing.source_rank.insert(r.routing.source_rank.end(), x.size(0), rank);
+  return r;
+}
+
+TEST(ExpertParallel, PlannedPlacementSendsThePredictedBytesAndFewerInterNodeBytes) {
+  // 4 ranks as 2 emulated nodes, hierarchical: measured bytes equal the planner's prediction exactly,
+  // for contiguous placement and for the plan; the plan cuts inter-node bytes and changes no output.
+  if (world()->size() != 4) GTEST_SKIP() << "checked at 4 ranks";
+  auto c = base_config(4, DispatcherKind::kHierarchical, 2);
+  torch::manual_seed(17 + world()->rank());
+  const auto x = torch::eye(8).narrow(1, 0, 8).repeat({3, 1}) + 0.05 * torch::randn({24, 8});
+  const auto contiguous = ExpertPlacement::contiguous(8, 4).owners();
+  const auto base = run_paired(c, contiguous, x);
+  const PlanTopology topo{4, 2};
+  const double row = bytes_per_row(8, 2, 4), tokens = static_cast<double>(base.routing.num_tokens());
+  const auto predicted = predict_rows(base.routing, contiguous, topo, DispatcherKind::kHierarchical);
+  EXPECT_NEAR(predicted.inter_node * tokens * row, static_cast<double>(base.inter), 1e-6);
+  EXPECT_NEAR(predicted.intra_node * tokens * row, static_cast<double>(base.intra), 1e-6);
+
+  RoutingTrace trace;
+  trace.num_experts = 8;
+  trace.ep_size = 4;
+  trace.layers = {base.routing};
+  PlannerOptions o;
+  o.topology = topo;
+  o.solver = "greedy";
+  o.load_slack = 1.0;
+  const auto plan = plan_placement(trace, o).layers.at(0).owner;
+  const auto planned = run_paired(c, plan, x);
+  EXPECT_LT(rel_l2(planned.y, base.y), 1e-6);
+  const auto expected = predict_rows(base.routing, plan, topo, DispatcherKind::kHierarchical);
+  EXPECT_NEAR(expected.inter_node * tokens * row, static_cast<double>(planned.inter), 1e-6);
+  EXPECT_LT(planned.inter, base.inter / 2) << "contiguous " << base.inter << ", planned " << planned.inter;
 }
 
 TEST(ExpertParallel, GroupsDescribeTheLayout) {

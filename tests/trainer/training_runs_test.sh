@@ -76,6 +76,22 @@ train 2 2 "$work/replanned" --set parallel.placement="$work/plan.yaml" || fail "
 losses "$work/replanned" 5 >"$work/replanned.txt"; losses "$work/full" 5 >"$work/full5.txt"
 compare "$work/full5.txt" "$work/replanned.txt" 1e-5 "a contiguous checkpoint resumes under a different plan (steps 5-8, 1e-5)"
 
+# 2c. Trace -> plan -> train: the planner's plan file loads, keeps the losses, and the report has its keys.
+timeout 120 "$mpiexec" -n 2 "${flags[@]}" "$bin" trace --config "$cfg" "${common[@]}" --set parallel.expert_parallel=2 \
+  --checkpoint "$work/full/checkpoints/step_00000008" --tokens 2048 --out "$work/trace.pb" >"$work/trace.log" 2>&1 ||
+  fail "trace: $(tail -n 3 "$work/trace.log")"
+"$bin" plan --trace "$work/trace.pb" --ranks 2 --ranks-per-node 1 --solver greedy --out "$work/auto_plan.yaml" \
+  >"$work/plan.json" 2>&1 || fail "plan: $(cat "$work/plan.json")"
+for key in objective_contiguous objective_greedy objective_ilp bound gap solve_s predicted_inter_node_bytes \
+           predicted_intra_node_bytes predicted_inter_node_bytes_contiguous predicted_intra_node_bytes_contiguous \
+           load_max_over_mean; do
+  grep -q "\"$key\":" "$work/plan.json" || fail "plan report lacks $key: $(cat "$work/plan.json")"
+done
+train 2 2 "$work/autoplanned" --set parallel.placement="$work/auto_plan.yaml" ||
+  fail "run with the planner's plan: $(tail -n 3 "$work/autoplanned.log")"
+losses "$work/autoplanned" 1 >"$work/autoplanned.txt"
+compare "$work/full.txt" "$work/autoplanned.txt" 1e-5 "trace -> plan -> train: the planner's plan keeps the losses (1e-5)"
+
 # 3. Corrupt and truncated checkpoints.
 ck=$work/full/checkpoints/step_00000008
 "$bin" inspect "$ck" >/dev/null 2>&1 && ok "inspect verifies a good checkpoint" || fail "inspect on a good checkpoint"
