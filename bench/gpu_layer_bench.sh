@@ -12,9 +12,11 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1 | tee
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/card.txt"
 build-gpu/bin/modules_test --gtest_filter='MoeKernels.*:GpuModules.*' >"$out/kernel_tests.log" 2>&1 &&
   echo "kernel and layer correctness tests: passed" || { echo "kernel tests FAILED"; tail -40 "$out/kernel_tests.log"; }
-: >"$out/ours.jsonl"
+: >"$out/ours.jsonl"; : >"$out/ours_reset.jsonl"
 for preset in mixtral_like deepseek_like; do
   build-gpu/bin/switchyard bench layer --device cuda --preset "$preset" --tokens "$tokens" | tee -a "$out/ours.jsonl"
+  build-gpu/bin/switchyard bench layer --device cuda --preset "$preset" --tokens "$tokens" --reset-grads --check-tokens 0 |
+    tee -a "$out/ours_reset.jsonl"
 done
 python3 "$peer" --tokens "$tokens" --peers "${PEERS:-torch_grouped_mm,hf_grouped_mm,hf_eager}" | tee "$out/peers.jsonl"
 python3 - "$out/ours.jsonl" "$out/peers.jsonl" <<'PY'

@@ -58,7 +58,9 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   // so no host synchronization.
   const bool autocast_bf16 = at::autocast::is_autocast_enabled(at::kCUDA) &&
                              at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16;
-  if (x.is_cuda() && (x.scalar_type() == torch::kBFloat16 || autocast_bf16)) {
+  // Its operands need 16-byte row strides: d, the w_in width and the hidden width multiples of 8.
+  const bool aligned = x.size(1) % 8 == 0 && w_in.size(2) % 8 == 0 && hidden_ % 8 == 0;
+  if (x.is_cuda() && aligned && (x.scalar_type() == torch::kBFloat16 || autocast_bf16)) {
     const auto offs = tokens_per_expert.to(x.device(), torch::kInt64).cumsum(0).to(torch::kInt32);
     const auto bf16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16); };
     const auto h = at::_grouped_mm(bf16(x), bf16(w_in), offs);

@@ -87,8 +87,13 @@ double check_against_fp32(const core::Config& c, const torch::Device& device, in
     torch::NoGradGuard no_grad;
     for (auto& w : ref->parameters()) w.copy_(w.to(torch::kBFloat16).to(torch::kFloat32));
   }
-  MoELayer low(c.model, c.losses, 0, seed);  // same seed: same weights
+  MoELayer low(c.model, c.losses, 0, seed);
   low->to(device, torch::kBFloat16);
+  {
+    torch::NoGradGuard no_grad;
+    auto ref_params = ref->named_parameters();
+    for (auto& p : low->named_parameters()) p.value().copy_(ref_params[p.key()]);
+  }
   const auto x = torch::randn({tokens, c.model.d_model}, torch::dtype(torch::kFloat32).device(device))
                      .to(torch::kBFloat16)
                      .to(torch::kFloat32);
@@ -111,7 +116,7 @@ void run_layer_benchmark(const LayerBenchOptions& options) {
   const Preset p = preset_of(options.preset);
   const auto c = layer_config(p);
   SY_CHECK_AS(UsageError, options.device == "cpu" || torch::cuda::is_available(), "--device cuda: no CUDA device");
-  const torch::Device device(options.device);
+  const torch::Device device = options.device == "cuda" ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
   const torch::Dtype dtype = device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
 
   double check = -1;
@@ -132,6 +137,10 @@ void run_layer_benchmark(const LayerBenchOptions& options) {
     layer->forward(x);
   });
   const double fwdbwd_ms = median_ms(device, options.warmup, options.iters, [&] {
+    if (options.reset_grads) {
+      for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
+      x.mutable_grad() = torch::Tensor();
+    }
     layer->forward(x).y.to(torch::kFloat32).square().mean().backward();
   });
   double peak_gib = -1;
@@ -144,10 +153,10 @@ void run_layer_benchmark(const LayerBenchOptions& options) {
   std::printf(
       "{\"bench\":\"layer\",\"preset\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\",\"tokens\":%lld,\"fwd_ms\":%.4f,"
       "\"fwdbwd_ms\":%.4f,\"fwd_tflops\":%.2f,\"fwdbwd_tflops\":%.2f,\"peak_mem_gib\":%.3f,\"check_tokens\":%lld,"
-      "\"check_max_rel_l2\":%.3e}\n",
+      "\"check_max_rel_l2\":%.3e,\"grads\":\"%s\"}\n",
       options.preset.c_str(), device.str().c_str(), device.is_cuda() ? "bf16" : "fp32", static_cast<long long>(T), fwd_ms,
       fwdbwd_ms, flops / fwd_ms / 1e9, 3 * flops / fwdbwd_ms / 1e9, peak_gib, static_cast<long long>(options.check_tokens),
-      check);
+      check, options.reset_grads ? "reset" : "accumulate");
   std::fflush(stdout);
   SY_CHECK_AS(InternalError, check < 1e-2, "bench layer: bf16 output or gradients differ from the fp32 reference by ",
               check, " (relative L2; limit 1e-2)");

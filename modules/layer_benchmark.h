@@ -14,6 +14,9 @@ struct LayerBenchOptions {
   int warmup = 5;
   int iters = 20;
   int64_t check_tokens = 512;  ///< 0 = no correctness check
+  /// false: gradients accumulate into .grad across iterations, as the peer script's loop does;
+  /// true: they are reset before each iteration, as a training step (zero_grad) does.
+  bool reset_grads = false;
 };
 
 /// Prints one JSON line: fwd_ms, fwdbwd_ms, fwd_tflops, fwdbwd_tflops, peak_mem_gib (CUDA), and the

@@ -2,11 +2,15 @@
 #include "trainer/checkpoint.h"
 
 #include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -50,6 +54,17 @@ void fsync_path(const std::string& path) {
     ::fsync(fd);
     ::close(fd);
   }
+}
+
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
+
+/// Removes a directory tree (no error when absent). POSIX nftw rather than std::filesystem::remove_all,
+/// which jumped to address 0 on non-empty directories in the GPU machine's build (LibTorch 2.11
+/// wheel + GCC 13): the crash of a run resumed after a kill, which meets the killed save's leftovers.
+void remove_tree(const std::string& path) {
+  if (!fs::exists(fs::symlink_status(path))) return;
+  SY_CHECK_AS(CheckpointError, ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, path,
+              ": cannot remove (", std::strerror(errno), ")");
 }
 
 void write_durable(const std::string& path, const std::string& bytes) {
@@ -183,7 +198,7 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
   const std::string tmp_dir = (fs::path(root_) / (".tmp_" + checkpoint_dir_name(state.step))).string();
   if (dense_writer) {
     fs::create_directories(root_);
-    fs::remove_all(tmp_dir);  // leftovers of a crashed save
+    remove_tree(tmp_dir);  // leftovers of a crashed save
     fs::create_directories(tmp_dir);
   }
   world.barrier();
@@ -245,7 +260,7 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
     }
     write_durable((fs::path(tmp_dir) / "manifest.pb").string(), m.SerializeAsString());
     fsync_path(tmp_dir);
-    fs::remove_all(final_dir);
+    remove_tree(final_dir);
     fs::rename(tmp_dir, final_dir);
     fsync_path(root_);
     const std::string latest_tmp = (fs::path(root_) / "latest.tmp").string();
@@ -259,7 +274,7 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
       if (entry.is_directory() && name.rfind("step_", 0) == 0) steps.push_back(name);
     }
     std::sort(steps.begin(), steps.end());
-    for (size_t i = 0; i + keep_ < steps.size(); ++i) fs::remove_all(fs::path(root_) / steps[i]);
+    for (size_t i = 0; i + keep_ < steps.size(); ++i) remove_tree((fs::path(root_) / steps[i]).string());
   }
   world.barrier();
 }
