@@ -59,8 +59,9 @@ void fsync_path(const std::string& path) {
 int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
 
 /// Removes a directory tree (no error when absent). POSIX nftw rather than std::filesystem::remove_all,
-/// which jumped to address 0 on non-empty directories in the GPU machine's build (LibTorch 2.11
-/// wheel + GCC 13): the crash of a run resumed after a kill, which meets the killed save's leftovers.
+/// which jumps to address 0 on non-empty directories in the GPU machine's build (LibTorch 2.11 wheel +
+/// GCC 13; seen in two places: a run resumed after a kill, which meets the killed save's leftovers,
+/// and a unit test cleaning its folder). With nftw the kill-and-resume runs pass there.
 void remove_tree(const std::string& path) {
   if (!fs::exists(fs::symlink_status(path))) return;
   SY_CHECK_AS(CheckpointError, ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, path,

@@ -145,7 +145,10 @@ TEST(RoutingTrace, FileRoundTripAndBadFilesRefused) {
     EXPECT_NE(std::string(e.what()).find("junk.pb"), std::string::npos) << e.what();
   }
   EXPECT_THROW(read_routing_trace((dir / "missing.pb").string()), DataError);
-  std::filesystem::remove_all(dir);
+  // File by file: std::filesystem::remove_all of a non-empty directory crashes in the GPU machine's
+  // build (see remove_tree in trainer/checkpoint.cpp).
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) std::filesystem::remove(entry.path());
+  std::filesystem::remove(dir);
 }
 
 }  // namespace
