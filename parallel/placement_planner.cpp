@@ -3,6 +3,8 @@
 #include "parallel/placement_planner.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -307,14 +309,26 @@ PartitionResult solve_ilp(const PartitionProblem& pb, const PartitionResult& sta
   for (int64_t i = 0; i < pb.items; ++i)
     for (int64_t b = 0; b < pb.bins; ++b) Cbc_addCol(model, "", 0.0, 1.0, 0.0, 1, 0, nullptr, nullptr);
   int next_col = static_cast<int>(pb.items * pb.bins);
+  // A single-item pattern costs w * (1 - x[i][home]) exactly (w with no home): a constant plus
+  // -w on x[i][home], no y needed. Multi-item patterns get y[p][b].
+  double constant = 0;
+  std::vector<double> x_obj(pb.items * pb.bins, 0.0);
   std::vector<std::vector<int>> y(pb.patterns.size(), std::vector<int>(pb.bins, -1));
   for (size_t p = 0; p < pb.patterns.size(); ++p) {
+    const auto& pat = pb.patterns[p];
+    if (pat.items.size() == 1) {
+      constant += pat.weight;
+      if (pat.home >= 0) x_obj[x(pat.items[0], pat.home)] -= pat.weight;
+      continue;
+    }
     for (int64_t b = 0; b < pb.bins; ++b) {
-      if (b == pb.patterns[p].home) continue;
-      Cbc_addCol(model, "", 0.0, 1.0, pb.patterns[p].weight, 0, 0, nullptr, nullptr);
+      if (b == pat.home) continue;
+      Cbc_addCol(model, "", 0.0, 1.0, pat.weight, 0, 0, nullptr, nullptr);
       y[p][b] = next_col++;
     }
   }
+  for (int64_t c = 0; c < pb.items * pb.bins; ++c)
+    if (x_obj[c] != 0) Cbc_setObjCoeff(model, static_cast<int>(c), x_obj[c]);
   std::vector<int> cols;
   std::vector<double> coefs;
   for (int64_t i = 0; i < pb.items; ++i) {  // each item in one bin
@@ -349,6 +363,59 @@ PartitionResult solve_ilp(const PartitionProblem& pb, const PartitionResult& sta
       }
     }
   }
+  // Strengthening for pairs (top-2 routing): s[{i,j}][b] = "both in b" <= x[i][b], x[j][b];
+  // y[p][b] >= x[i][b] + x[j][b] - s[{i,j}][b]; and the star inequality: a bin holding i has room
+  // for items / bins - 1 partners, so sum_j s[{i,j}][b] <= (items / bins - 1) x[i][b]. Without it the
+  // LP spreads every item evenly over the bins and its bound is weak.
+  std::map<std::pair<int32_t, int32_t>, int> pair_base;  // pair -> first of its `bins` s columns
+  for (const auto& pat : pb.patterns) {
+    if (pat.items.size() != 2) continue;
+    const auto key = std::minmax(pat.items[0], pat.items[1]);
+    if (pair_base.count(key)) continue;
+    pair_base[key] = next_col;
+    for (int64_t b = 0; b < pb.bins; ++b) {
+      Cbc_addCol(model, "", 0.0, 1.0, 0.0, 0, 0, nullptr, nullptr);
+      for (int32_t i : {key.first, key.second}) {
+        const int row_cols[2] = {next_col, x(i, b)};
+        const double row_coefs[2] = {1.0, -1.0};
+        Cbc_addRow(model, "", 2, row_cols, row_coefs, 'L', 0.0);
+      }
+      ++next_col;
+    }
+  }
+  for (size_t p = 0; p < pb.patterns.size(); ++p) {
+    const auto& pat = pb.patterns[p];
+    if (pat.items.size() != 2) continue;
+    const int base = pair_base.at(std::minmax(pat.items[0], pat.items[1]));
+    for (int64_t b = 0; b < pb.bins; ++b) {
+      if (y[p][b] < 0) continue;
+      const int row_cols[4] = {y[p][b], x(pat.items[0], b), x(pat.items[1], b), base + static_cast<int>(b)};
+      const double row_coefs[4] = {1.0, -1.0, -1.0, 1.0};
+      Cbc_addRow(model, "", 4, row_cols, row_coefs, 'G', 0.0);
+    }
+  }
+  {
+    std::vector<std::vector<int>> partners(pb.items);  // s base columns per item
+    for (const auto& [key, base] : pair_base) {
+      partners[key.first].push_back(base);
+      partners[key.second].push_back(base);
+    }
+    const double room = static_cast<double>(pb.items / pb.bins - 1);
+    for (int64_t i = 0; i < pb.items; ++i) {
+      if (static_cast<double>(partners[i].size()) <= room) continue;  // never binding
+      for (int64_t b = 0; b < pb.bins; ++b) {
+        cols.clear();
+        coefs.clear();
+        for (int base : partners[i]) {
+          cols.push_back(base + static_cast<int>(b));
+          coefs.push_back(1.0);
+        }
+        cols.push_back(x(i, b));
+        coefs.push_back(-room);
+        Cbc_addRow(model, "", static_cast<int>(cols.size()), cols.data(), coefs.data(), 'L', 0.0);
+      }
+    }
+  }
   Cbc_setObjSense(model, 1.0);
   Cbc_setLogLevel(model, 0);
   Cbc_setMaximumSeconds(model, std::max(0.1, time_limit_s));
@@ -369,6 +436,11 @@ PartitionResult solve_ilp(const PartitionProblem& pb, const PartitionResult& sta
         idx.push_back(y[p][b]);
         val.push_back(touches ? 1.0 : 0.0);
       }
+    for (const auto& [key, base] : pair_base)
+      for (int64_t b = 0; b < pb.bins; ++b) {
+        idx.push_back(base + static_cast<int>(b));
+        val.push_back(start.bin_of[key.first] == b && start.bin_of[key.second] == b ? 1.0 : 0.0);
+      }
     Cbc_setMIPStartI(model, static_cast<int>(idx.size()), idx.data(), val.data());
   }
   Cbc_solve(model);
@@ -380,7 +452,7 @@ PartitionResult solve_ilp(const PartitionProblem& pb, const PartitionResult& sta
       for (int64_t b = 0; b < pb.bins; ++b)
         if (sol[x(i, b)] > 0.5) r.bin_of[i] = static_cast<int32_t>(b);
   }
-  r.bound = Cbc_getBestPossibleObjValue(model);
+  r.bound = Cbc_getBestPossibleObjValue(model) + constant;
   r.optimal = Cbc_isProvenOptimal(model) != 0;
   Cbc_deleteModel(model);
   if (r.bin_of.empty() || !pb.feasible(r.bin_of)) {  // no (feasible) incumbent: keep the start
@@ -443,6 +515,11 @@ StageResult solve_stage(const PartitionProblem& pb, const PlannerOptions& o, boo
   StageResult r;
   r.greedy = solve_greedy(pb, o.seed);
   r.best = use_ilp ? solve_ilp(pb, r.greedy, time_s, o.relative_gap) : r.greedy;
+  if (std::getenv("SWITCHYARD_PLAN_DEBUG")) {
+    std::fprintf(stderr, "stage: %lld items, %lld bins, %zu patterns, feasible start %d, greedy %.4f, ilp %.4f, bound %.4f, "
+                 "optimal %d, time %.2f s\n", (long long)pb.items, (long long)pb.bins, pb.patterns.size(),
+                 (int)pb.feasible(r.greedy.bin_of), r.greedy.cost, r.best.cost, r.best.bound, (int)r.best.optimal, time_s);
+  }
   return r;
 }
 
@@ -476,7 +553,13 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
   const auto stats = routing_statistics(trace);
   const auto kind = core::DispatcherKind::kHierarchical;
   const int64_t stages_per_layer = (nodes > 1 ? 1 : 0) + nodes;
-  const double stage_time = o.time_limit_s / static_cast<double>(std::max<size_t>(1, trace.layers.size()) * stages_per_layer);
+  // ILP time: each stage gets an equal share of what is left, so time a fast stage leaves goes on.
+  int64_t stages_left = static_cast<int64_t>(trace.layers.size()) * stages_per_layer;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.time_limit_s);
+  auto stage_time = [&] {
+    const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+    return std::max(0.1, left / static_cast<double>(std::max<int64_t>(1, stages_left--)));
+  };
 
   PlanReport report;
   report.solver_used = use_ilp ? "ilp" : "greedy";
@@ -504,7 +587,7 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
       std::iota(ident.begin(), ident.end(), 0);
       pa.patterns = token_patterns(layer, ident, [&](int64_t src) { return static_cast<int32_t>(topo.node_of(src)); },
                                    o.inter_node_weight);
-      const auto a = solve_stage(pa, o, use_ilp, stage_time);
+      const auto a = solve_stage(pa, o, use_ilp, use_ilp ? stage_time() : 0);
       node_greedy = a.greedy.bin_of;
       node_best = a.best.bin_of;
       bound_a = a.best.bound;
@@ -526,7 +609,7 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
         for (int32_t e : expert_of_item) pb.load.push_back(static_cast<double>(load[e]));
         pb.max_bin_load = (1 + o.load_slack) * total_load / static_cast<double>(ranks);
         pb.patterns = token_patterns(layer, item_of, [&](int64_t src) { return static_cast<int32_t>(src % rpn); }, 1.0);
-        const auto b = solve_stage(pb, o, ilp, stage_time);
+        const auto b = solve_stage(pb, o, ilp, ilp ? stage_time() : 0);
         if (bound) *bound += b.best.bound;
         if (optimal) *optimal = *optimal && b.best.optimal;
         for (int64_t i = 0; i < pb.items; ++i) owner[expert_of_item[i]] = n * rpn + b.best.bin_of[i];
