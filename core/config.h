@@ -208,6 +208,7 @@ struct ParallelConfig {
   std::string placement;
   double timeout_s = 300.0;
   int64_t replan_every = 0;
+  double replan_time_limit_s = 10.0;
 
   template <class V>
   void visit(V& v) {
@@ -218,8 +219,10 @@ struct ParallelConfig {
     v.field("backend", backend, "communication backend: auto (NCCL for CUDA when built), mpi, nccl");
     v.field("placement", placement, "expert placement plan file; empty = contiguous");
     v.field("timeout_s", timeout_s, "bounded wait of every collective, seconds", Bounds::in_open_lo(0, 86400));
-    v.field("replan_every", replan_every, "re-plan expert placement every N steps (0 = never)",
+    v.field("replan_every", replan_every, "re-plan expert placement every N steps from the routing of the "
+                                          "steps since the last plan (0 = never; needs aligned nodes)",
             Bounds::at_least(0));
+    v.field("replan_time_limit_s", replan_time_limit_s, "ILP time of one re-plan, seconds", Bounds::positive());
   }
 };
 

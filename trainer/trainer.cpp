@@ -88,6 +88,9 @@ Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
   SY_CHECK_AS(ConfigError, (config_.train.device == core::DeviceKind::kCuda) == device_.is_cuda(),
               "train.device: ", core::enum_name(config_.train.device), " but the run world is on ", device_.str());
   groups_ = parallel::ProcessGroups::create(world_, config_.parallel);
+  SY_CHECK_AS(ConfigError, config_.parallel.replan_every == 0 || groups_->ep_ranks_per_node > 0,
+              "parallel.replan_every: re-planning needs nodes aligned with the expert-parallel group "
+              "(parallel.ranks_per_node dividing parallel.expert_parallel)");
 
   // One intra-op thread per rank's share of this node's cores.
   int ranks_here = 0;
@@ -111,7 +114,16 @@ Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
                                                 config_.model.moe.num_experts, groups_->ep_size);
     core::log_info("placement: ", config_.parallel.placement, " (", placements_.size(), " MoE layers)");
   }
-  model_ = modules::TransformerLM(config_.model, config_.losses, seed,
+  build_model();
+  checkpoints_ = std::make_unique<CheckpointManager>((fs::path(config_.train.run_dir) / "checkpoints").string(),
+                                                     config_.train.keep_checkpoints, groups_);
+  state_.data_seed = seed;
+  state_.data_windows = train_sampler_->num_windows();
+}
+
+void Trainer::build_model() {
+  dispatchers_.clear();
+  model_ = modules::TransformerLM(config_.model, config_.losses, static_cast<uint64_t>(config_.train.seed),
                                   parallel::make_dispatcher_factory(groups_, config_, &dispatchers_, placements_));
   size_t d = 0;
   for (auto& layer : model_->moe_layers()) {
@@ -121,10 +133,69 @@ Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
   optimizer_ = std::make_unique<AdamW>(params, config_.train);
-  checkpoints_ = std::make_unique<CheckpointManager>((fs::path(config_.train.run_dir) / "checkpoints").string(),
-                                                     config_.train.keep_checkpoints, groups_);
-  state_.data_seed = seed;
-  state_.data_windows = train_sampler_->num_windows();
+}
+
+std::pair<double, double> Trainer::replan() {
+  const int64_t E = config_.model.moe.num_experts, k = config_.model.moe.top_k;
+  // The trace: every rank's recorded routing, in rank order.
+  parallel::RoutingTrace trace;
+  trace.num_experts = E;
+  trace.ep_size = groups_->ep_size;
+  auto ep_ranks = world_->all_gather(torch::tensor({static_cast<int64_t>(groups_->ep_rank)}, torch::kInt64));
+  for (auto& layer_routing : recent_routing_) {
+    const auto mine = layer_routing.empty() ? torch::empty({0, k}, torch::kInt32) : torch::cat(layer_routing, 0);
+    auto counts = world_->all_gather(torch::tensor({mine.size(0)}, torch::kInt64));
+    // Equal shares on every rank (same micro-batches), so all_gather applies.
+    const auto all = world_->all_gather(mine.contiguous()).to(torch::kCPU);
+    parallel::LayerRouting r;
+    r.top_k = k;
+    r.experts.assign(all.data_ptr<int32_t>(), all.data_ptr<int32_t>() + all.numel());
+    r.gates.assign(all.numel(), 0.0f);
+    for (int64_t w = 0; w < world_->size(); ++w)
+      r.source_rank.insert(r.source_rank.end(), counts[w].item<int64_t>(), static_cast<int32_t>(ep_ranks[w].item<int64_t>()));
+    trace.layers.push_back(std::move(r));
+    layer_routing.clear();
+  }
+  parallel::PlannerOptions o;
+  o.topology = {groups_->ep_size, groups_->ep_ranks_per_node};
+  o.time_limit_s = config_.parallel.replan_time_limit_s;
+  const auto kind = config_.parallel.dispatcher;
+  // Rank 0 plans (CBC stops on time, so ranks could differ); everyone takes its owners.
+  auto owners = torch::zeros({static_cast<int64_t>(placements_.size()), E}, torch::kInt64);
+  double before = 0, after = 0;
+  if (world_->rank() == 0) {
+    const auto report = parallel::plan_placement(trace, o);
+    for (size_t l = 0; l < report.layers.size(); ++l) {
+      for (int64_t e = 0; e < E; ++e) owners[l][e] = report.layers[l].owner[e];
+      before += parallel::predict_rows(trace.layers[l], placements_[l].owners(), o.topology, kind).inter_node;
+      after += parallel::predict_rows(trace.layers[l], report.layers[l].owner, o.topology, kind).inter_node;
+    }
+  }
+  world_->broadcast(owners, 0);
+  auto predicted = torch::tensor({before, after}, torch::kFloat64);
+  world_->broadcast(predicted, 0);
+  std::vector<parallel::ExpertPlacement> next;
+  for (int64_t l = 0; l < owners.size(0); ++l) {
+    const auto row = owners[l].contiguous();
+    next.emplace_back(std::vector<int64_t>(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + E), groups_->ep_size);
+  }
+  // Through a checkpoint: experts (and their optimizer state) are stored by global id, so loading it
+  // on the new placement moves them to their new ranks.
+  state_.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
+  checkpoints_->save(state_, core::dump_config(config_), *model_, *optimizer_, placements_);
+  const auto dir = checkpoints_->latest();
+  SY_ASSERT(dir.has_value(), "no checkpoint after saving one");
+  placements_ = std::move(next);
+  build_model();
+  load_checkpoint(*dir);
+  if (world_->rank() == 0) {
+    const auto plans = fs::path(config_.train.run_dir) / "plans";
+    fs::create_directories(plans);
+    char name[32];
+    std::snprintf(name, sizeof(name), "step_%08lld.yaml", static_cast<long long>(state_.step));
+    parallel::save_placement_plan((plans / name).string(), placements_, groups_->ep_size);
+  }
+  return {predicted[0].item<double>(), predicted[1].item<double>()};
 }
 
 void Trainer::load_checkpoint(const std::string& dir) {
@@ -188,6 +259,15 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
     for (const auto& [name, v] : out.losses) add(name, v);
     for (size_t l = 0; l < out.layer_losses.size(); ++l) {
       for (const auto& [name, v] : out.layer_losses[l]) add(name + "_moe" + std::to_string(l), v);
+    }
+    if (config_.parallel.replan_every > 0) {
+      if (recent_routing_.size() < out.moe_stats.size()) recent_routing_.resize(out.moe_stats.size());
+      const int64_t E = config_.model.moe.num_experts;
+      for (size_t l = 0; l < out.moe_stats.size(); ++l) {
+        const auto idx = out.moe_stats[l].expert_idx.reshape({-1, config_.model.moe.top_k});
+        recent_routing_[l].push_back(idx.masked_fill(idx.ge(E), -1).to(torch::kCPU, torch::kInt32));
+        if (recent_routing_[l].size() > 256) recent_routing_[l].erase(recent_routing_[l].begin());  // bounded
+      }
     }
     for (size_t l = 0; l < out.moe_stats.size(); ++l) {
       const auto& s = out.moe_stats[l];
@@ -412,6 +492,10 @@ void Trainer::train(const ResumeMode& resume) {
         if (peak > 0) line.emplace_back("mfu", tok_s * flops_per_token / (peak * 1e12 * static_cast<double>(world_->size())));
         for (const auto& [name, v] : r.losses) line.emplace_back("loss_" + name, v);
         if (eval) line.emplace_back("val_loss", val);
+        if (pending_replan_) {  // the first line after a re-plan: its predicted effect beside the measured bytes
+          line.emplace_back("replan_predicted_inter_node_bytes_before", pending_replan_->first);
+          line.emplace_back("replan_predicted_inter_node_bytes_after", pending_replan_->second);
+        }
         metrics->write(state_.step, line);
         const double elapsed = std::chrono::duration<double>(now - run_start).count();
         const double eta = elapsed / static_cast<double>(state_.step - first_step) *
@@ -428,6 +512,7 @@ void Trainer::train(const ResumeMode& resume) {
       }
       window_start = now;
       window_steps = 0;
+      pending_replan_.reset();
     }
     if (config_.train.trace_every > 0 && state_.step % config_.train.trace_every == 0) {
       // Bounded: one evaluation's worth of validation tokens per trace file.
@@ -441,6 +526,15 @@ void Trainer::train(const ResumeMode& resume) {
     if (save) {
       state_.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
       checkpoints_->save(state_, core::dump_config(config_), *model_, *optimizer_, placements_);
+    }
+    if (config_.parallel.replan_every > 0 && state_.step % config_.parallel.replan_every == 0 &&
+        state_.step < config_.train.steps) {
+      const auto [before, after] = replan();
+      const double row = parallel::bytes_per_row(config_.model.d_model, config_.model.moe.top_k,
+                                                 config_.train.precision == core::Precision::kBf16 && device_.is_cuda() ? 2 : 4);
+      core::log_info("re-planned expert placement at step ", state_.step, ": predicted inter-node bytes per token ",
+                     before * row, " -> ", after * row, " (", (run_dir / "plans").string(), ")");
+      pending_replan_ = {before * row, after * row};
     }
   }
   if (rank0 && tty) std::fprintf(stderr, "\n");

@@ -59,6 +59,13 @@ class Trainer {
     double dropped = 0, routed = 0;
   };
   StepResult train_step(int64_t step);
+  /// Builds model, dispatchers (for placements_) and optimizer; attaches expert parallelism.
+  void build_model();
+  /// Re-plans placement from the routing recorded since the last plan: saves a checkpoint, plans
+  /// (rank 0, broadcast), rebuilds the model on the new placement and reloads the checkpoint, so
+  /// experts and their optimizer state move ranks. Returns the predicted inter-node bytes per token
+  /// before and after. Collective.
+  std::pair<double, double> replan();
   double global_grad_norm();
 
   core::Config config_;
@@ -69,6 +76,8 @@ class Trainer {
   std::unique_ptr<data::BatchSampler> train_sampler_, val_sampler_;
   std::vector<parallel::ExpertPlacement> placements_;
   std::vector<std::shared_ptr<parallel::ExpertParallelDispatcher>> dispatchers_;
+  std::vector<std::vector<torch::Tensor>> recent_routing_;
+  std::optional<std::pair<double, double>> pending_replan_;  ///< predicted bytes for the next metrics line  ///< per MoE layer, [T, k] int32 since the last plan
   modules::TransformerLM model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<CheckpointManager> checkpoints_;

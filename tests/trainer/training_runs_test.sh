@@ -3,7 +3,8 @@
 #   1. resume exactness: a run killed (SIGKILL) while writing its step-8 checkpoint, resumed from
 #      step 4 on the same ranks, reproduces the uninterrupted run's losses bitwise;
 #   2. re-sharding: 4 ranks EP 4 -> 2 ranks EP 2, and 2 -> 4, continue the loss within 1e-5 rel;
-#   3. corrupt and truncated checkpoints are refused (exit 2, file and checksum named), nothing deleted.
+#   3. corrupt and truncated checkpoints are refused (exit 2, file and checksum named), nothing deleted;
+#   also plans: a plan file, the planner's plan from a trace, and re-planning mid-run keep the losses.
 # Usage: training_runs_test.sh <switchyard> <mpiexec> <mpiexec flags...>
 set -u
 bin=$1; mpiexec=$2; shift 2; flags=("$@")
@@ -91,6 +92,16 @@ train 2 2 "$work/autoplanned" --set parallel.placement="$work/auto_plan.yaml" ||
   fail "run with the planner's plan: $(tail -n 3 "$work/autoplanned.log")"
 losses "$work/autoplanned" 1 >"$work/autoplanned.txt"
 compare "$work/full.txt" "$work/autoplanned.txt" 1e-5 "trace -> plan -> train: the planner's plan keeps the losses (1e-5)"
+
+# 2d. Re-planning during training (4 ranks as 2 emulated nodes): experts move at steps 4 (through a
+# checkpoint), the losses stay those of the contiguous 4-rank run, the plan is written and logged.
+train 4 4 "$work/replan" --set parallel.ranks_per_node=2 --set parallel.dispatcher=hierarchical \
+  --set parallel.replan_every=4 --set parallel.replan_time_limit_s=2 || fail "replan run: $(tail -n 3 "$work/replan.log")"
+grep -q "re-planned expert placement at step 4" "$work/replan.log" && [ -f "$work/replan/plans/step_00000004.yaml" ] &&
+  grep -q '"replan_predicted_inter_node_bytes_after":' "$work/replan/metrics.jsonl" &&
+  ok "re-planned at step 4: logged, plan written, predicted bytes in metrics" || fail "re-plan not reported"
+losses "$work/replan" 1 >"$work/replan.txt"; losses "$work/full4" 1 >"$work/full4all.txt"
+compare "$work/full4all.txt" "$work/replan.txt" 1e-5 "re-planning mid-run keeps the losses of the contiguous run (1e-5)"
 
 # 3. Corrupt and truncated checkpoints.
 ck=$work/full/checkpoints/step_00000008
