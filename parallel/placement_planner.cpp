@@ -511,14 +511,23 @@ struct StageResult {
   PartitionResult greedy, best;
 };
 
-StageResult solve_stage(const PartitionProblem& pb, const PlannerOptions& o, bool use_ilp, double time_s) {
+StageResult solve_stage(const PartitionProblem& pb_in, const PlannerOptions& o, bool use_ilp, double time_s) {
   StageResult r;
-  r.greedy = solve_greedy(pb, o.seed);
+  r.greedy = solve_greedy(pb_in, o.seed);
+  // When no assignment the greedy finds meets the load cap (a few experts carry most tokens), the cap
+  // becomes the greedy's heaviest bin: the ILP then cuts traffic without adding imbalance, and has a
+  // feasible start.
+  PartitionProblem pb = pb_in;
+  if (!pb.feasible(r.greedy.bin_of)) {
+    std::vector<double> bin_load(pb.bins, 0.0);
+    for (int64_t i = 0; i < pb.items; ++i) bin_load[r.greedy.bin_of[i]] += pb.load[i];
+    pb.max_bin_load = *std::max_element(bin_load.begin(), bin_load.end()) * (1 + 1e-9);
+  }
   r.best = use_ilp ? solve_ilp(pb, r.greedy, time_s, o.relative_gap) : r.greedy;
   if (std::getenv("SWITCHYARD_PLAN_DEBUG")) {
     std::fprintf(stderr, "stage: %lld items, %lld bins, %zu patterns, feasible start %d, greedy %.4f, ilp %.4f, bound %.4f, "
                  "optimal %d, time %.2f s\n", (long long)pb.items, (long long)pb.bins, pb.patterns.size(),
-                 (int)pb.feasible(r.greedy.bin_of), r.greedy.cost, r.best.cost, r.best.bound, (int)r.best.optimal, time_s);
+                 (int)pb_in.feasible(r.greedy.bin_of), r.greedy.cost, r.best.cost, r.best.bound, (int)r.best.optimal, time_s);
   }
   return r;
 }
