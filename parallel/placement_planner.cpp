@@ -139,18 +139,26 @@ double bytes_per_row(int64_t d_model, int64_t top_k, int64_t activation_bytes) {
 // ---------------------------------------------------------------------------------------------
 // Partition problem.
 
+namespace {
+
+/// weight * (bins the pattern's items touch, its home excluded); `touched` is scratch space.
+double pattern_cost(const PartitionProblem::Pattern& p, const std::vector<int32_t>& bin_of,
+                    std::vector<int32_t>& touched) {
+  touched.clear();
+  for (int32_t i : p.items) touched.push_back(bin_of[i]);
+  std::sort(touched.begin(), touched.end());
+  touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+  int64_t n = static_cast<int64_t>(touched.size());
+  if (p.home >= 0 && std::binary_search(touched.begin(), touched.end(), p.home)) --n;
+  return p.weight * static_cast<double>(n);
+}
+
+}  // namespace
+
 double PartitionProblem::cost(const std::vector<int32_t>& bin_of) const {
   double total = 0;
   std::vector<int32_t> touched;
-  for (const auto& p : patterns) {
-    touched.clear();
-    for (int32_t i : p.items) touched.push_back(bin_of[i]);
-    std::sort(touched.begin(), touched.end());
-    touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
-    int64_t n = static_cast<int64_t>(touched.size());
-    if (p.home >= 0 && std::binary_search(touched.begin(), touched.end(), p.home)) --n;
-    total += p.weight * static_cast<double>(n);
-  }
+  for (const auto& p : patterns) total += pattern_cost(p, bin_of, touched);
   return total;
 }
 
@@ -185,16 +193,6 @@ void local_search(const PartitionProblem& pb, std::vector<int32_t>& bin_of) {
   std::vector<double> bin_load(pb.bins, 0.0);
   for (int64_t i = 0; i < pb.items; ++i) bin_load[bin_of[i]] += pb.load[i];
   std::vector<int32_t> touched;
-  auto pattern_cost = [&](int32_t p) {
-    const auto& pat = pb.patterns[p];
-    touched.clear();
-    for (int32_t i : pat.items) touched.push_back(bin_of[i]);
-    std::sort(touched.begin(), touched.end());
-    touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
-    int64_t n = static_cast<int64_t>(touched.size());
-    if (pat.home >= 0 && std::binary_search(touched.begin(), touched.end(), pat.home)) --n;
-    return pat.weight * static_cast<double>(n);
-  };
   std::vector<int32_t> affected;
   auto affected_cost = [&](int32_t a, int32_t b) {
     affected.clear();
@@ -203,7 +201,7 @@ void local_search(const PartitionProblem& pb, std::vector<int32_t>& bin_of) {
     std::sort(affected.begin(), affected.end());
     affected.erase(std::unique(affected.begin(), affected.end()), affected.end());
     double c = 0;
-    for (int32_t p : affected) c += pattern_cost(p);
+    for (int32_t p : affected) c += pattern_cost(pb.patterns[p], bin_of, touched);
     return c;
   };
   for (bool improved = true; improved;) {
