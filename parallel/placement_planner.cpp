@@ -542,6 +542,97 @@ double load_ratio(const std::vector<int64_t>& load, const std::vector<int64_t>& 
   return total > 0 ? *std::max_element(per_rank.begin(), per_rank.end()) / (total / static_cast<double>(ranks)) : 1.0;
 }
 
+/// Per-token bytes predictions and load of a finished plan, into the report.
+void account(PlanReport& report, const RoutingTrace& trace, const std::vector<LayerStats>& stats,
+             const PlanTopology& topo) {
+  const int64_t E = trace.num_experts;
+  for (size_t l = 0; l < trace.layers.size(); ++l) {
+    std::vector<int64_t> contiguous(E);
+    for (int64_t e = 0; e < E; ++e) contiguous[e] = e / (E / topo.ranks);
+    const auto chosen = predict_rows(trace.layers[l], report.layers[l].owner, topo, core::DispatcherKind::kHierarchical);
+    const auto contig = predict_rows(trace.layers[l], contiguous, topo, core::DispatcherKind::kHierarchical);
+    report.inter_node_rows += chosen.inter_node;
+    report.intra_node_rows += chosen.intra_node;
+    report.inter_node_rows_contiguous += contig.inter_node;
+    report.intra_node_rows_contiguous += contig.intra_node;
+    report.load_max_over_mean = std::max(report.load_max_over_mean, load_ratio(stats[l].load, report.layers[l].owner, topo.ranks));
+    report.load_max_over_mean_contiguous =
+        std::max(report.load_max_over_mean_contiguous, load_ratio(stats[l].load, contiguous, topo.ranks));
+  }
+}
+
+/// ExFlow's objective: keep consecutive layers' experts of a token on one rank (for context-coherent
+/// dispatch). The first layer stays contiguous; each next layer is an assignment problem against the
+/// previous layer's placement: expert f on rank r earns the transitions e -> f per token from experts
+/// e on r (full weight) or on r's node (half). As single-item patterns (cost w (1 - x[f][r])) it is a
+/// PartitionProblem whose LP is a transportation problem, so the ILP solves it exactly. Objective:
+/// the transition distance per token (0 same rank, 0.5 same node, 1 other node), summed over layers.
+PlanReport plan_inter_layer(const RoutingTrace& trace, const PlannerOptions& o, const std::vector<LayerStats>& stats) {
+  const PlanTopology& topo = o.topology;
+  const int64_t E = trace.num_experts, ranks = topo.ranks;
+  const bool use_ilp = o.solver == "ilp" && ilp_available();
+  PlanReport report;
+  report.solver_used = use_ilp ? "ilp" : "greedy";
+  report.objective_ilp = use_ilp ? 0 : -1;
+  report.bound = use_ilp ? 0 : -1;
+  report.ilp_optimal = use_ilp;
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<int64_t> contiguous(E);
+  for (int64_t e = 0; e < E; ++e) contiguous[e] = e / (E / ranks);
+  report.layers.push_back({contiguous, 0});
+  for (size_t l = 1; l < trace.layers.size(); ++l) {
+    const auto& transitions = stats[l - 1].transitions;
+    const auto& prev = report.layers[l - 1].owner;
+    const double tokens = std::max<int64_t>(1, trace.layers[l].num_tokens());
+    PartitionProblem pb;
+    pb.items = E;
+    pb.bins = ranks;
+    pb.load.assign(stats[l].load.begin(), stats[l].load.end());
+    pb.max_bin_load = (1 + o.load_slack) * std::accumulate(pb.load.begin(), pb.load.end(), 0.0) / static_cast<double>(ranks);
+    // A transition e -> f costs 0 with f on e's rank, 0.5 on its node, 1 elsewhere: 0.5 [f not on
+    // rank(e)] + 0.5 [f not on node(e)], and the node term is sum over r' in node(e) of 0.5 [f not on
+    // r'] minus the constant 0.5 (ranks_per_node - 1).
+    double offset = 0;
+    for (int64_t f = 0; f < E; ++f) {
+      std::vector<double> earn(ranks, 0.0);
+      for (int64_t e = 0; e < E; ++e) {
+        const double t = static_cast<double>(transitions[e * E + f]) / tokens;
+        if (t == 0) continue;
+        offset += 0.5 * t * static_cast<double>(topo.ranks_per_node - 1);
+        for (int64_t r = 0; r < ranks; ++r) {
+          if (prev[e] == r) earn[r] += t;
+          else if (topo.node_of(prev[e]) == topo.node_of(r)) earn[r] += 0.5 * t;
+        }
+      }
+      for (int64_t r = 0; r < ranks; ++r)
+        if (earn[r] > 0) pb.patterns.push_back({{static_cast<int32_t>(f)}, static_cast<int32_t>(r), earn[r]});
+    }
+    // The objective: transition distance per token.
+    auto distance = [&](double cost) { return cost - offset; };
+    std::vector<int32_t> contig32(contiguous.begin(), contiguous.end());
+    const auto greedy = solve_greedy(pb, o.seed);
+    auto best = greedy;
+    if (use_ilp) {
+      const double left = o.time_limit_s - std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      best = solve_ilp(pb, greedy, std::max(0.1, left / static_cast<double>(trace.layers.size() - l)), o.relative_gap);
+      report.objective_ilp += distance(best.cost);
+      report.bound += distance(best.bound);
+      report.ilp_optimal = report.ilp_optimal && best.optimal;
+    }
+    report.objective_contiguous += distance(pb.cost(contig32));
+    report.objective_greedy += distance(greedy.cost);
+    const auto& chosen = best.cost <= greedy.cost ? best.bin_of : greedy.bin_of;
+    LayerPlan plan;
+    plan.owner.assign(chosen.begin(), chosen.end());
+    plan.objective = distance(pb.cost(chosen));
+    report.layers.push_back(std::move(plan));
+  }
+  report.solve_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (use_ilp) report.gap = report.objective_ilp > 0 ? (report.objective_ilp - report.bound) / report.objective_ilp : 0;
+  account(report, trace, stats, topo);
+  return report;
+}
+
 }  // namespace
 
 PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
@@ -552,12 +643,13 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
   SY_CHECK_AS(UsageError, E % ranks == 0, "--ranks: ", ranks, " does not divide the trace's ", E, " experts");
   SY_CHECK_AS(UsageError, trace.ep_size == ranks, "--ranks: the trace's tokens come from ", trace.ep_size,
               " expert-parallel ranks; plan for the same number (got ", ranks, ")");
-  SY_CHECK_AS(UsageError, o.objective == "coactivation", "--objective: only coactivation is built (got ", o.objective,
-              ")");
+  SY_CHECK_AS(UsageError, o.objective == "coactivation" || o.objective == "inter_layer",
+              "--objective: coactivation or inter_layer, got ", o.objective);
   SY_CHECK_AS(UsageError, o.solver == "ilp" || o.solver == "greedy", "--solver: ilp or greedy, got ", o.solver);
   SY_CHECK_AS(UsageError, o.load_slack >= 0, "--load-slack must be >= 0");
   const bool use_ilp = o.solver == "ilp" && ilp_available();
   const auto stats = routing_statistics(trace);
+  if (o.objective == "inter_layer") return plan_inter_layer(trace, o, stats);
   const auto kind = core::DispatcherKind::kHierarchical;
   const int64_t stages_per_layer = (nodes > 1 ? 1 : 0) + nodes;
   // ILP time: each stage gets an equal share of what is left, so time a fast stage leaves goes on.

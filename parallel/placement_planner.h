@@ -62,7 +62,7 @@ double bytes_per_row(int64_t d_model, int64_t top_k, int64_t activation_bytes);
 
 struct PlannerOptions {
   PlanTopology topology;
-  std::string objective = "coactivation";  ///< coactivation (ExFlow's inter_layer: not built yet)
+  std::string objective = "coactivation";  ///< coactivation, or inter_layer (ExFlow)
   std::string solver = "ilp";               ///< ilp (CBC; greedy where CBC is absent) or greedy
   double load_slack = 0.1;                  ///< per-rank load <= (1 + slack) * mean
   double time_limit_s = 60;                 ///< ILP wall time over all layers

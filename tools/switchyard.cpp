@@ -96,7 +96,9 @@ int run(int argc, char** argv) {
   plan_cmd->add_option("--ranks-per-node", plan_opts.topology.ranks_per_node, "ranks per node")
       ->required()
       ->check(CLI::PositiveNumber);
-  plan_cmd->add_option("--objective", plan_opts.objective, "coactivation");
+  plan_cmd->add_option("--objective", plan_opts.objective,
+                       "coactivation (co-chosen experts together; training) or inter_layer (ExFlow: consecutive layers)")
+      ->check(CLI::IsMember({"coactivation", "inter_layer"}));
   plan_cmd->add_option("--solver", plan_opts.solver, "ilp (COIN-OR CBC, started from greedy) or greedy")
       ->check(CLI::IsMember({"ilp", "greedy"}));
   plan_cmd->add_option("--time-limit", plan_opts.time_limit_s, "ILP seconds over all layers")->check(CLI::PositiveNumber);

@@ -178,6 +178,40 @@ TEST(PlacementPlanner, StatisticsCountLoadsPairsAndTransitions) {
   EXPECT_TRUE(s[1].transitions.empty());
 }
 
+TEST(PlacementPlanner, InterLayerObjectiveFollowsTransitions) {
+  // Layer 1's expert is a fixed permutation of layer 0's (top-1): the plan puts each layer-1 expert
+  // on the rank of its layer-0 predecessor, so no transition leaves its rank.
+  RoutingTrace trace;
+  trace.num_experts = 8;
+  trace.ep_size = 4;
+  const int32_t perm[8] = {5, 2, 7, 0, 3, 6, 1, 4};
+  std::mt19937_64 rng(9);
+  std::uniform_int_distribution<int32_t> expert(0, 7), src(0, 3);
+  trace.layers.resize(2);
+  for (auto& l : trace.layers) l.top_k = 1;
+  for (int t = 0; t < 800; ++t) {
+    const int32_t e = expert(rng), s = src(rng);
+    trace.layers[0].experts.push_back(e);
+    trace.layers[1].experts.push_back(perm[e]);
+    for (auto& l : trace.layers) {
+      l.gates.push_back(1.0f);
+      l.source_rank.push_back(s);
+    }
+  }
+  for (const std::string solver : {"greedy", "ilp"}) {
+    PlannerOptions o;
+    o.topology = {4, 2};
+    o.objective = "inter_layer";
+    o.solver = solver;
+    o.load_slack = 0.5;
+    const auto report = plan_placement(trace, o);
+    ASSERT_EQ(report.layers.size(), 2u);
+    for (int32_t e = 0; e < 8; ++e) EXPECT_EQ(report.layers[1].owner[perm[e]], report.layers[0].owner[e]) << solver;
+    EXPECT_GT(report.objective_contiguous, 0.5) << solver;
+    EXPECT_NEAR(report.objective_greedy, 0.0, 1e-9) << solver;
+  }
+}
+
 TEST(PlacementPlanner, BadOptionsAreRefused) {
   const auto trace = paired_trace(16, 4, 100, 1);
   PlannerOptions o;
@@ -186,7 +220,7 @@ TEST(PlacementPlanner, BadOptionsAreRefused) {
   o.topology = {8, 2};
   EXPECT_THROW(plan_placement(trace, o), UsageError);  // trace from 4 ranks
   o.topology = {4, 2};
-  o.objective = "inter_layer";
+  o.objective = "bytes";
   EXPECT_THROW(plan_placement(trace, o), UsageError);
 }
 
