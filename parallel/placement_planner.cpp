@@ -542,13 +542,28 @@ double load_ratio(const std::vector<int64_t>& load, const std::vector<int64_t>& 
   return total > 0 ? *std::max_element(per_rank.begin(), per_rank.end()) / (total / static_cast<double>(ranks)) : 1.0;
 }
 
+/// A report before any layer: ILP fields -1 when the ILP does not run.
+PlanReport start_report(bool use_ilp) {
+  PlanReport report;
+  report.solver_used = use_ilp ? "ilp" : "greedy";
+  report.objective_ilp = use_ilp ? 0 : -1;
+  report.bound = use_ilp ? 0 : -1;
+  report.ilp_optimal = use_ilp;
+  return report;
+}
+
+std::vector<int64_t> contiguous_owner(int64_t experts, int64_t ranks) {
+  std::vector<int64_t> owner(experts);
+  for (int64_t e = 0; e < experts; ++e) owner[e] = e / (experts / ranks);
+  return owner;
+}
+
 /// Per-token bytes predictions and load of a finished plan, into the report.
 void account(PlanReport& report, const RoutingTrace& trace, const std::vector<LayerStats>& stats,
              const PlanTopology& topo) {
   const int64_t E = trace.num_experts;
   for (size_t l = 0; l < trace.layers.size(); ++l) {
-    std::vector<int64_t> contiguous(E);
-    for (int64_t e = 0; e < E; ++e) contiguous[e] = e / (E / topo.ranks);
+    const auto contiguous = contiguous_owner(E, topo.ranks);
     const auto chosen = predict_rows(trace.layers[l], report.layers[l].owner, topo, core::DispatcherKind::kHierarchical);
     const auto contig = predict_rows(trace.layers[l], contiguous, topo, core::DispatcherKind::kHierarchical);
     report.inter_node_rows += chosen.inter_node;
@@ -571,14 +586,9 @@ PlanReport plan_inter_layer(const RoutingTrace& trace, const PlannerOptions& o, 
   const PlanTopology& topo = o.topology;
   const int64_t E = trace.num_experts, ranks = topo.ranks;
   const bool use_ilp = o.solver == "ilp" && ilp_available();
-  PlanReport report;
-  report.solver_used = use_ilp ? "ilp" : "greedy";
-  report.objective_ilp = use_ilp ? 0 : -1;
-  report.bound = use_ilp ? 0 : -1;
-  report.ilp_optimal = use_ilp;
+  PlanReport report = start_report(use_ilp);
   const auto start = std::chrono::steady_clock::now();
-  std::vector<int64_t> contiguous(E);
-  for (int64_t e = 0; e < E; ++e) contiguous[e] = e / (E / ranks);
+  const auto contiguous = contiguous_owner(E, ranks);
   report.layers.push_back({contiguous, 0});
   for (size_t l = 1; l < trace.layers.size(); ++l) {
     const auto& transitions = stats[l - 1].transitions;
@@ -660,18 +670,13 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
     return std::max(0.1, left / static_cast<double>(std::max<int64_t>(1, stages_left--)));
   };
 
-  PlanReport report;
-  report.solver_used = use_ilp ? "ilp" : "greedy";
-  report.objective_ilp = use_ilp ? 0 : -1;
-  report.bound = use_ilp ? 0 : -1;
-  report.ilp_optimal = use_ilp;
+  PlanReport report = start_report(use_ilp);
   const auto start = std::chrono::steady_clock::now();
   for (size_t l = 0; l < trace.layers.size(); ++l) {
     const auto& layer = trace.layers[l];
     const auto& load = stats[l].load;
     const double total_load = std::accumulate(load.begin(), load.end(), 0.0);
-    std::vector<int64_t> contiguous(E);
-    for (int64_t e = 0; e < E; ++e) contiguous[e] = e / (E / ranks);
+    const auto contiguous = contiguous_owner(E, ranks);
 
     // Stage A: experts to nodes (inter-node rows, home = the token's node).
     std::vector<int32_t> node_greedy(E, 0), node_best(E, 0);
@@ -740,16 +745,10 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
       chosen = rows_contig;
     }
     plan.objective = weighted(chosen, o.inter_node_weight);
-    report.inter_node_rows += chosen.inter_node;
-    report.intra_node_rows += chosen.intra_node;
-    report.inter_node_rows_contiguous += rows_contig.inter_node;
-    report.intra_node_rows_contiguous += rows_contig.intra_node;
-    report.load_max_over_mean = std::max(report.load_max_over_mean, load_ratio(load, plan.owner, ranks));
-    report.load_max_over_mean_contiguous =
-        std::max(report.load_max_over_mean_contiguous, load_ratio(load, contiguous, ranks));
     report.layers.push_back(std::move(plan));
   }
   report.solve_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  account(report, trace, stats, topo);
   if (use_ilp && report.objective_ilp > 0) report.gap = (report.objective_ilp - report.bound) / report.objective_ilp;
   if (use_ilp && report.objective_ilp == 0) report.gap = 0;
   return report;
