@@ -20,7 +20,6 @@
 #include <fstream>
 #include <thread>
 
-#include "core/build_info.h"
 #include "core/error.h"
 #include "core/logging.h"
 #include "modules/autocast.h"
@@ -61,6 +60,27 @@ double peak_tflops(const core::TrainConfig& train, const torch::Device& device) 
   (void)device;
 #endif
   return 0;
+}
+
+/// One MoE layer's routing over all ranks: each rank's [T, k] expert ids (and gates, if defined; T
+/// equal on every rank), gathered in rank order with each token's source EP rank (`ep_rank` of rank w
+/// is ep_ranks[w]). Collective.
+parallel::LayerRouting gather_routing(parallel::Communicator& world, const torch::Tensor& ep_ranks,
+                                      const torch::Tensor& idx, const torch::Tensor& gates, int64_t k) {
+  const auto all = world.all_gather(idx.to(torch::kInt32).contiguous()).to(torch::kCPU);
+  parallel::LayerRouting r;
+  r.top_k = k;
+  r.experts.assign(all.data_ptr<int32_t>(), all.data_ptr<int32_t>() + all.numel());
+  if (gates.defined()) {
+    const auto all_gates = world.all_gather(gates.to(torch::kFloat32).contiguous()).to(torch::kCPU);
+    r.gates.assign(all_gates.data_ptr<float>(), all_gates.data_ptr<float>() + all_gates.numel());
+  } else {
+    r.gates.assign(all.numel(), 0.0f);
+  }
+  const int64_t per_rank = idx.size(0);
+  for (int64_t w = 0; w < world.size(); ++w)
+    r.source_rank.insert(r.source_rank.end(), per_rank, static_cast<int32_t>(ep_ranks[w].item<int64_t>()));
+  return r;
 }
 
 double all_reduce_sum(parallel::Communicator& comm, double x) {
@@ -141,19 +161,12 @@ std::pair<double, double> Trainer::replan() {
   parallel::RoutingTrace trace;
   trace.num_experts = E;
   trace.ep_size = groups_->ep_size;
-  auto ep_ranks = world_->all_gather(torch::tensor({static_cast<int64_t>(groups_->ep_rank)}, torch::kInt64));
+  const auto ep_ranks =
+      world_->all_gather(torch::tensor({static_cast<int64_t>(groups_->ep_rank)}, torch::kInt64)).to(torch::kCPU);
   for (auto& layer_routing : recent_routing_) {
+    // Every rank ran the same micro-batches since the last plan, so the shares are equal.
     const auto mine = layer_routing.empty() ? torch::empty({0, k}, torch::kInt32) : torch::cat(layer_routing, 0);
-    auto counts = world_->all_gather(torch::tensor({mine.size(0)}, torch::kInt64));
-    // Equal shares on every rank (same micro-batches), so all_gather applies.
-    const auto all = world_->all_gather(mine.contiguous()).to(torch::kCPU);
-    parallel::LayerRouting r;
-    r.top_k = k;
-    r.experts.assign(all.data_ptr<int32_t>(), all.data_ptr<int32_t>() + all.numel());
-    r.gates.assign(all.numel(), 0.0f);
-    for (int64_t w = 0; w < world_->size(); ++w)
-      r.source_rank.insert(r.source_rank.end(), counts[w].item<int64_t>(), static_cast<int32_t>(ep_ranks[w].item<int64_t>()));
-    trace.layers.push_back(std::move(r));
+    trace.layers.push_back(gather_routing(*world_, ep_ranks, mine, {}, k));
     layer_routing.clear();
   }
   parallel::PlannerOptions o;
@@ -372,17 +385,10 @@ parallel::RoutingTrace Trainer::trace(int64_t tokens) {
   trace.num_experts = E;
   trace.ep_size = groups_->ep_size;
   // Every rank routed the same number of tokens: gather in rank order, source = the rank's EP rank.
-  auto ep_ranks = world_->all_gather(torch::tensor({static_cast<int64_t>(groups_->ep_rank)}, torch::kInt64)).to(torch::kCPU);
+  const auto ep_ranks =
+      world_->all_gather(torch::tensor({static_cast<int64_t>(groups_->ep_rank)}, torch::kInt64)).to(torch::kCPU);
   for (size_t l = 0; l < idx.size(); ++l) {
-    const auto all_idx = world_->all_gather(torch::cat(idx[l], 0).to(torch::kInt32).contiguous()).to(torch::kCPU);
-    const auto all_gates = world_->all_gather(torch::cat(gates[l], 0).contiguous()).to(torch::kCPU);
-    parallel::LayerRouting r;
-    r.top_k = k;
-    r.experts.assign(all_idx.data_ptr<int32_t>(), all_idx.data_ptr<int32_t>() + all_idx.numel());
-    r.gates.assign(all_gates.data_ptr<float>(), all_gates.data_ptr<float>() + all_gates.numel());
-    const int64_t per = all_idx.size(0) / world;
-    for (int64_t w = 0; w < world; ++w) r.source_rank.insert(r.source_rank.end(), per, static_cast<int32_t>(ep_ranks[w].item<int64_t>()));
-    trace.layers.push_back(std::move(r));
+    trace.layers.push_back(gather_routing(*world_, ep_ranks, torch::cat(idx[l], 0), torch::cat(gates[l], 0), k));
   }
   return trace;
 }
