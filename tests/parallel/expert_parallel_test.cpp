@@ -375,6 +375,13 @@ TEST(ExpertParallel, PlannedPlacementSendsThePredictedBytesAndFewerInterNodeByte
   const auto expected = predict_rows(base.routing, plan, topo, DispatcherKind::kHierarchical);
   EXPECT_NEAR(expected.inter_node * tokens * row, static_cast<double>(planned.inter), 1e-6);
   EXPECT_LT(planned.inter, base.inter / 2) << "contiguous " << base.inter << ", planned " << planned.inter;
+
+  // The flat dispatcher's rows (one per token and other rank) are predicted as exactly.
+  const auto flat_cfg = base_config(4, DispatcherKind::kFlat, 2);
+  const auto flat = run_paired(flat_cfg, plan, x);
+  const auto flat_rows = predict_rows(flat.routing, plan, topo, DispatcherKind::kFlat);
+  EXPECT_NEAR(flat_rows.inter_node * tokens * row, static_cast<double>(flat.inter), 1e-6);
+  EXPECT_NEAR(flat_rows.intra_node * tokens * row, static_cast<double>(flat.intra), 1e-6);
 }
 
 TEST(ExpertParallel, GroupsDescribeTheLayout) {
