@@ -146,7 +146,8 @@ TEST(ExpertParallel, CudaTensorsOverTheMpiBackendMatchTheCpuReference) {
   // host memory (that Open MPI is not CUDA-aware).
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const int n = world()->size();
-  const Backend cuda{torch::kCUDA};
+  Backend cuda;
+  cuda.device = torch::kCUDA;
   expect_matches_reference(base_config(n, DispatcherKind::kFlat, 0), {}, cuda);
   if (n % 2 == 0) expect_matches_reference(base_config(n, DispatcherKind::kHierarchical, n / 2), {}, cuda);
 }
@@ -156,7 +157,7 @@ TEST(ExpertParallel, NcclBackendMatchesTheSingleProcessReference) {
   // and hierarchical on emulated nodes; fp32 to 1e-4 (TF32 off), bf16 autocast to 2e-2.
   const int n = world()->size();
   if (!nccl_available()) GTEST_SKIP() << "NCCL not built in";
-  if (torch::cuda::device_count() < n) GTEST_SKIP() << "needs " << n << " GPUs, " << torch::cuda::device_count() << " visible";
+  if (torch::cuda::device_count() < static_cast<size_t>(n)) GTEST_SKIP() << "needs " << n << " GPUs, " << torch::cuda::device_count() << " visible";
   const int gpu = world()->rank();
   auto nccl = make_nccl_communicator(world(), gpu, 60.0);
   ASSERT_EQ(nccl->backend_name(), "nccl");
