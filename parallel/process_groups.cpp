@@ -48,6 +48,17 @@ std::vector<int> detect_shared_memory_nodes() {
   return node_of_rank;
 }
 
+NodeLocal physical_node_local(int world_rank) {
+  const auto node_of_rank = detect_shared_memory_nodes();
+  NodeLocal local{0, 0};
+  for (size_t r = 0; r < node_of_rank.size(); ++r) {
+    if (node_of_rank[r] != node_of_rank[world_rank]) continue;
+    if (static_cast<int>(r) < world_rank) ++local.rank;
+    ++local.size;
+  }
+  return local;
+}
+
 Topology Topology::detect(Communicator& world, int64_t ranks_per_node) {
   Topology t;
   t.world_size = world.size();

@@ -33,6 +33,13 @@ struct Topology {
 /// Node index of every world rank from MPI_Comm_split_type(SHARED). Collective over MPI_COMM_WORLD.
 std::vector<int> detect_shared_memory_nodes();
 
+/// This rank's index among the world ranks of its physical node, and how many ranks share that node
+/// (emulated nodes play no part: they move no GPU). Collective over MPI_COMM_WORLD.
+struct NodeLocal {
+  int rank = 0, size = 1;
+};
+NodeLocal physical_node_local(int world_rank);
+
 /// The groups of one run. Expert-parallel (EP) groups are blocks of `expert_parallel` consecutive
 /// ranks, each holding one copy of all experts; the expert data-parallel group of a rank is the ranks
 /// with its EP rank in every EP group. Inside an EP group, nodes hold `ep_ranks_per_node` consecutive

@@ -17,14 +17,8 @@ RunWorld open_run_world(const core::Config& config) {
   const auto backend = config.parallel.backend;
   if (config.train.device != core::DeviceKind::kCuda) return w;
 
-  // Local rank on the physical node (emulated nodes do not move GPUs).
-  const auto node_of_rank = detect_shared_memory_nodes();
-  int local_rank = 0, ranks_here = 0;
-  for (int r = 0; r < mpi->size(); ++r) {
-    if (node_of_rank[r] != node_of_rank[mpi->rank()]) continue;
-    if (r < mpi->rank()) ++local_rank;
-    ++ranks_here;
-  }
+  const auto local = physical_node_local(mpi->rank());
+  const int local_rank = local.rank, ranks_here = local.size;
   const int gpus = static_cast<int>(torch::cuda::device_count());
   SY_CHECK_AS(ConfigError, gpus > 0, "train.device: cuda requested but no CUDA device is visible on rank ", mpi->rank());
   w.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus));

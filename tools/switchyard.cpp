@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,15 @@ struct ConfigArgs {
   }
   core::Config load() const { return core::load_config(path, overrides); }
 };
+
+/// What every command that runs on ranks does first: start MPI, install the crash handler, prefix log
+/// lines with the rank.
+std::unique_ptr<parallel::MpiRuntime> start_ranks(int* argc, char*** argv) {
+  auto mpi = std::make_unique<parallel::MpiRuntime>(argc, argv);
+  parallel::install_crash_handler(mpi->rank());
+  core::set_log_rank(mpi->rank(), mpi->size());
+  return mpi;
+}
 
 int run(int argc, char** argv) {
   CLI::App app{"Switchyard: distributed Mixture-of-Experts training"};
@@ -162,36 +172,30 @@ int run(int argc, char** argv) {
   if (train_cmd->parsed()) {
     if (!run_dir.empty()) train_args.overrides.push_back("train.run_dir=" + run_dir);
     const core::Config config = train_args.load();
-    parallel::MpiRuntime mpi(&argc, &argv);
-    parallel::install_crash_handler(mpi.rank());
-    core::set_log_rank(mpi.rank(), mpi.size());
+    const auto mpi = start_ranks(&argc, &argv);
     trainer::Trainer t(config, parallel::open_run_world(config));
     t.train(trainer::ResumeMode::parse(resume));
     return 0;
   }
   if (eval_cmd->parsed()) {
     const core::Config config = eval_args.load();
-    parallel::MpiRuntime mpi(&argc, &argv);
-    parallel::install_crash_handler(mpi.rank());
-    core::set_log_rank(mpi.rank(), mpi.size());
+    const auto mpi = start_ranks(&argc, &argv);
     trainer::Trainer t(config, parallel::open_run_world(config));
     t.load_checkpoint(eval_checkpoint);
     const double loss = t.evaluate();
-    if (mpi.rank() == 0) std::printf("{\"loss\":%.6f,\"tokens\":%lld}\n", loss, static_cast<long long>(t.eval_tokens()));
+    if (mpi->rank() == 0) std::printf("{\"loss\":%.6f,\"tokens\":%lld}\n", loss, static_cast<long long>(t.eval_tokens()));
     return 0;
   }
   if (trace_cmd->parsed()) {
     const core::Config config = trace_args.load();
-    parallel::MpiRuntime mpi(&argc, &argv);
-    parallel::install_crash_handler(mpi.rank());
-    core::set_log_rank(mpi.rank(), mpi.size());
+    const auto mpi = start_ranks(&argc, &argv);
     trainer::Trainer t(config, parallel::open_run_world(config));
     t.load_checkpoint(trace_checkpoint);
     const int64_t tokens = t.write_trace(trace_out, trace_tokens);
-    if (mpi.rank() == 0) {
+    if (mpi->rank() == 0) {
       std::printf("{\"trace\":\"%s\",\"tokens\":%lld,\"moe_layers\":%lld,\"experts\":%lld,\"ranks\":%d}\n",
                   trace_out.c_str(), static_cast<long long>(tokens), static_cast<long long>(config.num_moe_layers()),
-                  static_cast<long long>(config.model.moe.num_experts), mpi.size());
+                  static_cast<long long>(config.model.moe.num_experts), mpi->size());
     }
     return 0;
   }

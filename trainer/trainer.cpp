@@ -63,10 +63,10 @@ double peak_tflops(const core::TrainConfig& train, const torch::Device& device) 
 }
 
 /// One MoE layer's routing over all ranks: each rank's [T, k] expert ids (and gates, if defined; T
-/// equal on every rank), gathered in rank order with each token's source EP rank (`ep_rank` of rank w
-/// is ep_ranks[w]). Collective.
-parallel::LayerRouting gather_routing(parallel::Communicator& world, const torch::Tensor& ep_ranks,
-                                      const torch::Tensor& idx, const torch::Tensor& gates, int64_t k) {
+/// equal on every rank), gathered in rank order with each token's source EP rank (EP groups are
+/// blocks of ep_size consecutive ranks, so world rank w is EP rank w % ep_size). Collective.
+parallel::LayerRouting gather_routing(parallel::Communicator& world, int64_t ep_size, const torch::Tensor& idx,
+                                      const torch::Tensor& gates, int64_t k) {
   const auto all = world.all_gather(idx.to(torch::kInt32).contiguous()).to(torch::kCPU);
   parallel::LayerRouting r;
   r.top_k = k;
@@ -79,7 +79,7 @@ parallel::LayerRouting gather_routing(parallel::Communicator& world, const torch
   }
   const int64_t per_rank = idx.size(0);
   for (int64_t w = 0; w < world.size(); ++w)
-    r.source_rank.insert(r.source_rank.end(), per_rank, static_cast<int32_t>(ep_ranks[w].item<int64_t>()));
+    r.source_rank.insert(r.source_rank.end(), per_rank, static_cast<int32_t>(w % ep_size));
   return r;
 }
 
@@ -161,12 +161,10 @@ std::pair<double, double> Trainer::replan() {
   parallel::RoutingTrace trace;
   trace.num_experts = E;
   trace.ep_size = groups_->ep_size;
-  const auto ep_ranks =
-      world_->all_gather(torch::tensor({static_cast<int64_t>(groups_->ep_rank)}, torch::kInt64)).to(torch::kCPU);
   for (auto& layer_routing : recent_routing_) {
     // Every rank ran the same micro-batches since the last plan, so the shares are equal.
     const auto mine = layer_routing.empty() ? torch::empty({0, k}, torch::kInt32) : torch::cat(layer_routing, 0);
-    trace.layers.push_back(gather_routing(*world_, ep_ranks, mine, {}, k));
+    trace.layers.push_back(gather_routing(*world_, groups_->ep_size, mine, {}, k));
     layer_routing.clear();
   }
   parallel::PlannerOptions o;
@@ -385,10 +383,8 @@ parallel::RoutingTrace Trainer::trace(int64_t tokens) {
   trace.num_experts = E;
   trace.ep_size = groups_->ep_size;
   // Every rank routed the same number of tokens: gather in rank order, source = the rank's EP rank.
-  const auto ep_ranks =
-      world_->all_gather(torch::tensor({static_cast<int64_t>(groups_->ep_rank)}, torch::kInt64)).to(torch::kCPU);
   for (size_t l = 0; l < idx.size(); ++l) {
-    trace.layers.push_back(gather_routing(*world_, ep_ranks, torch::cat(idx[l], 0), torch::cat(gates[l], 0), k));
+    trace.layers.push_back(gather_routing(*world_, groups_->ep_size, torch::cat(idx[l], 0), torch::cat(gates[l], 0), k));
   }
   return trace;
 }
