@@ -27,7 +27,9 @@ PartitionProblem random_problem(int64_t items, int64_t bins, uint64_t seed, doub
   for (int p = 0; p < 14; ++p) {
     PartitionProblem::Pattern pat;
     pat.items = {item(rng), item(rng)};
-    if (pat.items[0] == pat.items[1]) pat.items.pop_back();
+    if (p % 5 == 4) pat.items.push_back(item(rng));  // top-3 tokens take the y-variable path
+    std::sort(pat.items.begin(), pat.items.end());
+    pat.items.erase(std::unique(pat.items.begin(), pat.items.end()), pat.items.end());
     pat.home = bin(rng);
     pat.weight = u(rng);
     pb.patterns.push_back(pat);
