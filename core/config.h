@@ -209,6 +209,7 @@ struct ParallelConfig {
   double timeout_s = 300.0;
   int64_t replan_every = 0;
   double replan_time_limit_s = 10.0;
+  int64_t overlap_chunks = 1;
 
   template <class V>
   void visit(V& v) {
@@ -223,6 +224,9 @@ struct ParallelConfig {
                                           "steps since the last plan (0 = never; needs aligned nodes)",
             Bounds::at_least(0));
     v.field("replan_time_limit_s", replan_time_limit_s, "ILP time of one re-plan, seconds", Bounds::positive());
+    v.field("overlap_chunks", overlap_chunks, "token chunks per MoE layer: each chunk's exchange runs on a side "
+                                              "CUDA stream while the experts compute another chunk (1 = no overlap)",
+            Bounds::in(1, 64));
   }
 };
 

@@ -2,9 +2,11 @@
 #include "modules/moe_layer.h"
 
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 #include "losses/routing_losses.h"
+#include "modules/side_stream.h"
 
 namespace switchyard::modules {
 namespace {
@@ -44,6 +46,48 @@ MoELayerImpl::MoELayerImpl(const core::ModelConfig& model, const core::LossesCon
   }
 }
 
+torch::Tensor MoELayerImpl::routed_experts(const torch::Tensor& x, const torch::Tensor& expert_idx,
+                                           const torch::Tensor& gates) {
+  const Dispatched dispatched = dispatcher_->dispatch(x, expert_idx, gates);
+  const auto expert_out = experts->forward(dispatched.tokens, dispatched.tokens_per_expert);
+  return dispatcher_->combine_weighted(expert_out, dispatched.slot_gates, dispatched);
+}
+
+torch::Tensor MoELayerImpl::routed_experts_overlapped(const torch::Tensor& x, const torch::Tensor& expert_idx,
+                                                      const torch::Tensor& gates) {
+  // Host order, chunk c: dispatch(c) on the side stream (its host waits fall while the GPU runs
+  // experts(c - 1)), experts(c) on the main stream, then combine(c - 1) on the side stream after
+  // experts(c - 1) (overlapping experts(c)). Every rank issues the collectives in this same order.
+  const int64_t T = x.size(0), chunks = std::min<int64_t>(overlap_chunks_, std::max<int64_t>(T, 1));
+  SideStream side(x.device());
+  side.side_waits(side.mark_main());  // the router's outputs
+  for (const auto& t : {x, expert_idx, gates}) side.used_on_side(t);
+  std::vector<Dispatched> dispatched(chunks);
+  std::vector<torch::Tensor> expert_out(chunks), y(chunks);
+  std::vector<SideStream::Marker> experts_done(chunks);
+  auto combine = [&](int64_t c) {
+    side.side_waits(experts_done[c]);
+    side.used_on_side(expert_out[c]);
+    side.run_on_side([&] { y[c] = dispatcher_->combine_weighted(expert_out[c], dispatched[c].slot_gates, dispatched[c]); });
+    side.used_on_main(y[c]);
+  };
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * T / chunks, n = (c + 1) * T / chunks - begin;
+    side.run_on_side([&] {
+      dispatched[c] = dispatcher_->dispatch(x.narrow(0, begin, n), expert_idx.narrow(0, begin, n), gates.narrow(0, begin, n));
+    });
+    side.main_waits_side();
+    side.used_on_main(dispatched[c].tokens);
+    side.used_on_main(dispatched[c].tokens_per_expert);
+    expert_out[c] = experts->forward(dispatched[c].tokens, dispatched[c].tokens_per_expert);
+    experts_done[c] = side.mark_main();
+    if (c > 0) combine(c - 1);
+  }
+  combine(chunks - 1);
+  side.main_waits_side();
+  return torch::cat(y, 0);
+}
+
 MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& token_ids) {
   SY_CHECK(x_in.size(-1) == d_model_, "moe layer: expected last dimension ", d_model_, ", got ", x_in.sizes());
   const auto x = x_in.reshape({-1, d_model_});
@@ -68,9 +112,8 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& 
 
   // Routed experts: exchange, run, weight, combine.
   const auto routed_idx = routing.expert_idx.masked_fill(routing.expert_idx.ge(num_experts), -1);
-  const Dispatched dispatched = dispatcher_->dispatch(x, routed_idx, routing.gates);
-  const auto expert_out = experts->forward(dispatched.tokens, dispatched.tokens_per_expert);
-  auto y = dispatcher_->combine_weighted(expert_out, dispatched.slot_gates, dispatched);
+  auto y = overlap_chunks_ > 1 ? routed_experts_overlapped(x, routed_idx, routing.gates)
+                                : routed_experts(x, routed_idx, routing.gates);
 
   // Null experts never leave the rank and cost no expert FLOPs.
   if (config_.null_experts > 0 && config_.null_expert_kind != core::NullExpertKind::kZero) {

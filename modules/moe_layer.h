@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -52,6 +53,9 @@ class MoELayerImpl : public torch::nn::Module {
   void set_count_reducer(std::function<torch::Tensor(const torch::Tensor&)> reducer) { count_reducer_ = std::move(reducer); }
   /// Which routed experts are on this rank's node (locality loss); all by default.
   void set_local_expert_mask(torch::Tensor mask) { local_mask_ = std::move(mask); }
+  /// Splits the routed tokens into `chunks` (parallel.overlap_chunks): each chunk's dispatch and
+  /// combine run on a side CUDA stream while the experts compute the chunk before (same results).
+  void set_overlap_chunks(int64_t chunks) { overlap_chunks_ = std::max<int64_t>(1, chunks); }
 
   Router router{nullptr};
   Experts experts{nullptr};
@@ -65,6 +69,12 @@ class MoELayerImpl : public torch::nn::Module {
   std::shared_ptr<TokenDispatcher> dispatcher_;
   std::function<torch::Tensor(const torch::Tensor&)> count_reducer_;
   torch::Tensor local_mask_;
+  int64_t overlap_chunks_ = 1;
+
+  /// Routed experts of x [T, d]: dispatch, experts, gate-weighted combine -> [T, d].
+  torch::Tensor routed_experts(const torch::Tensor& x, const torch::Tensor& expert_idx, const torch::Tensor& gates);
+  torch::Tensor routed_experts_overlapped(const torch::Tensor& x, const torch::Tensor& expert_idx,
+                                          const torch::Tensor& gates);
 };
 TORCH_MODULE(MoELayer);
 

@@ -6,8 +6,9 @@
 namespace switchyard::parallel {
 
 void attach(modules::MoELayerImpl& layer, const ExpertParallelDispatcher& dispatcher, const ProcessGroups& groups,
-            const core::LossesConfig& losses) {
-  if (losses.load_balance_scope == core::BalanceScope::kGlobalBatch) {
+            const core::Config& config) {
+  layer.set_overlap_chunks(config.parallel.overlap_chunks);
+  if (config.losses.load_balance_scope == core::BalanceScope::kGlobalBatch) {
     auto world = groups.world;
     layer.set_count_reducer([world](const torch::Tensor& counts) {
       auto total = counts.clone();

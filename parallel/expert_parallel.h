@@ -17,10 +17,10 @@
 namespace switchyard::parallel {
 
 /// Sets, on one MoE layer, the count reducer (sum over all ranks, for losses.load_balance_scope
-/// global_batch) and the node-local expert mask (locality loss). Collective use: every rank calls
-/// the layer's forward in the same order.
+/// global_batch), the node-local expert mask (locality loss) and the exchange chunks
+/// (parallel.overlap_chunks). Collective use: every rank calls the layer's forward in the same order.
 void attach(modules::MoELayerImpl& layer, const ExpertParallelDispatcher& dispatcher, const ProcessGroups& groups,
-            const core::LossesConfig& losses);
+            const core::Config& config);
 
 /// A dispatcher per MoE layer (contiguous placement unless `placements` gives one per MoE layer),
 /// remembered in `created` for byte statistics. For TransformerLM's constructor.

@@ -147,7 +147,7 @@ void Trainer::build_model() {
                                   parallel::make_dispatcher_factory(groups_, config_, &dispatchers_, placements_));
   size_t d = 0;
   for (auto& layer : model_->moe_layers()) {
-    if (!layer.is_empty()) parallel::attach(*layer, *dispatchers_.at(d++), *groups_, config_.losses);
+    if (!layer.is_empty()) parallel::attach(*layer, *dispatchers_.at(d++), *groups_, config_);
   }
   model_->to(device_);
   std::vector<std::pair<std::string, torch::Tensor>> params;

@@ -51,7 +51,7 @@ Built build(const core::Config& c, std::vector<int64_t> owner = {}, bool dedup =
   b.dispatcher = std::make_shared<ExpertParallelDispatcher>(b.groups, placement, c.parallel.dispatcher, dedup);
   torch::manual_seed(7);
   b.layer = modules::MoELayer(c.model, c.losses, 0, 5, b.dispatcher);
-  attach(*b.layer, *b.dispatcher, *b.groups, c.losses);
+  attach(*b.layer, *b.dispatcher, *b.groups, c);
   return b;
 }
 
@@ -141,6 +141,21 @@ TEST(ExpertParallel, WorldSizeInvarianceHierarchical) {
   }
 }
 
+TEST(ExpertParallel, OverlapChunksMatchTheReference) {
+  // Tokens in 3 chunks (6 per rank: 2 each) and in 4 (uneven: 2, 1, 2, 1), flat and hierarchical.
+  const int n = world()->size();
+  for (const int64_t chunks : {3, 4}) {
+    auto flat = base_config(n, DispatcherKind::kFlat, 0);
+    flat.parallel.overlap_chunks = chunks;
+    expect_matches_reference(flat);
+    if (n % 2 == 0) {
+      auto hier = base_config(n, DispatcherKind::kHierarchical, n / 2);
+      hier.parallel.overlap_chunks = chunks;
+      expect_matches_reference(hier);
+    }
+  }
+}
+
 TEST(ExpertParallel, CudaTensorsOverTheMpiBackendMatchTheCpuReference) {
   // On the GPU machine every rank shares the one GPU; the MPI backend stages CUDA tensors through
   // host memory (that Open MPI is not CUDA-aware).
@@ -168,6 +183,15 @@ TEST(ExpertParallel, NcclBackendMatchesTheSingleProcessReference) {
     }
     for (int rpn = 1; rpn < n; rpn *= 2) {
       if (n % rpn == 0) expect_matches_reference(base_config(n, DispatcherKind::kHierarchical, rpn), {}, backend);
+    }
+    // Exchanges on a side stream overlapping the experts (parallel.overlap_chunks).
+    auto overlapped = base_config(n, DispatcherKind::kFlat, 0);
+    overlapped.parallel.overlap_chunks = 3;
+    expect_matches_reference(overlapped, {}, backend);
+    if (n > 1) {
+      overlapped = base_config(n, DispatcherKind::kHierarchical, 1);
+      overlapped.parallel.overlap_chunks = 2;
+      expect_matches_reference(overlapped, {}, backend);
     }
   }
 }
