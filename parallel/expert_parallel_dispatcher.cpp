@@ -1,12 +1,16 @@
 // Flat and hierarchical expert-parallel exchanges (see the layout notes in the header).
 #include "parallel/expert_parallel_dispatcher.h"
 
-#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <chrono>
 
+#include "core/build_info.h"
 #include "core/error.h"
+
+#if SWITCHYARD_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace switchyard::parallel {
 namespace {
@@ -33,10 +37,14 @@ void count_bytes(ExchangeStats* stats, const std::vector<int64_t>& peer_class, c
   }
 }
 
-/// comm.all_to_all_v, its time added to stats->seconds.
+/// comm.all_to_all_v, its time added to stats->seconds. The current stream's queued work finishes
+/// first, so it is not counted; only that stream: with parallel.overlap_chunks the exchanges run on a
+/// side stream, and the experts on the main stream keep running meanwhile.
 torch::Tensor timed_all_to_all(Communicator& comm, ExchangeStats* stats, const torch::Tensor& send,
                                const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts) {
-  if (send.is_cuda()) torch::cuda::synchronize(send.device().index());
+#if SWITCHYARD_WITH_CUDA
+  if (send.is_cuda()) c10::cuda::getCurrentCUDAStream(send.device().index()).synchronize();
+#endif
   const auto start = std::chrono::steady_clock::now();
   auto out = comm.all_to_all_v(send, send_counts, recv_counts);
   stats->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -50,13 +58,37 @@ std::vector<int64_t> timed_counts(Communicator& comm, ExchangeStats* stats, cons
   return out;
 }
 
-/// all_to_all_v of (rows, gates) as one autograd node: backward is the reverse exchange of both
-/// gradients, so every rank issues the backward collectives in the same order.
+/// Row-aligned tensors [n, w_i] of any dtypes packed side by side as bytes [n, sum_i w_i * size_i],
+/// so one collective carries them all.
+torch::Tensor pack_rows(const std::vector<torch::Tensor>& parts) {
+  std::vector<torch::Tensor> bytes;
+  for (const auto& t : parts) {
+    if (t.size(1) > 0) bytes.push_back(t.contiguous().view(torch::kUInt8));
+  }
+  return bytes.size() == 1 ? bytes[0] : torch::cat(bytes, 1);
+}
+
+/// The inverse of pack_rows for received rows: part i like `likes[i]` (dtype and width).
+std::vector<torch::Tensor> unpack_rows(const torch::Tensor& packed, const std::vector<torch::Tensor>& likes) {
+  std::vector<torch::Tensor> out;
+  int64_t offset = 0;
+  for (const auto& like : likes) {
+    const int64_t width = like.size(1) * static_cast<int64_t>(like.element_size());
+    out.push_back(width == 0 ? like.new_empty({packed.size(0), 0})
+                             : packed.narrow(1, offset, width).contiguous().view(like.scalar_type()));
+    offset += width;
+  }
+  return out;
+}
+
+/// all_to_all_v of (rows, gates) with a metadata passenger (int64 [n, m], no gradient; may be
+/// [n, 0]) as one collective and one autograd node: backward is the reverse exchange of both
+/// gradients, again one collective, so every rank issues the backward collectives in the same order.
 class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
  public:
-  static variable_list forward(AutogradContext* ctx, torch::Tensor rows, torch::Tensor gates, int64_t comm_handle,
-                               int64_t stats_handle, std::vector<int64_t> peer_class, std::vector<int64_t> send_counts,
-                               std::vector<int64_t> recv_counts) {
+  static variable_list forward(AutogradContext* ctx, torch::Tensor rows, torch::Tensor gates, torch::Tensor meta,
+                               int64_t comm_handle, int64_t stats_handle, std::vector<int64_t> peer_class,
+                               std::vector<int64_t> send_counts, std::vector<int64_t> recv_counts) {
     auto* comm = reinterpret_cast<Communicator*>(comm_handle);
     auto* stats = reinterpret_cast<ExchangeStats*>(stats_handle);
     ctx->saved_data["comm"] = comm_handle;
@@ -65,10 +97,11 @@ class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
     ctx->saved_data["send"] = send_counts;
     ctx->saved_data["recv"] = recv_counts;
     ctx->save_for_backward({rows.new_empty({0, rows.size(1)}), gates.new_empty({0, gates.size(1)})});
-    count_bytes(stats, peer_class, send_counts, rows.size(1) * rows.element_size() + gates.size(1) * gates.element_size());
-    auto out_rows = timed_all_to_all(*comm, stats, rows, send_counts, recv_counts);
-    auto out_gates = timed_all_to_all(*comm, stats, gates, send_counts, recv_counts);
-    return {out_rows, out_gates};
+    const auto packed = pack_rows({rows, gates, meta});
+    count_bytes(stats, peer_class, send_counts, packed.size(1));
+    auto out = unpack_rows(timed_all_to_all(*comm, stats, packed, send_counts, recv_counts), {rows, gates, meta});
+    ctx->mark_non_differentiable({out[2]});
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -80,29 +113,23 @@ class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
     const auto like = ctx->get_saved_variables();
     int64_t recv_rows = 0;
     for (auto c : recv) recv_rows += c;
-    auto grad_rows = grads[0].defined() ? grads[0].contiguous() : like[0].new_zeros({recv_rows, like[0].size(1)});
-    auto grad_gates = grads[1].defined() ? grads[1].contiguous() : like[1].new_zeros({recv_rows, like[1].size(1)});
-    count_bytes(stats, peer_class, recv,
-                like[0].size(1) * like[0].element_size() + like[1].size(1) * like[1].element_size());
-    auto back_rows = timed_all_to_all(*comm, stats, grad_rows, recv, send);
-    auto back_gates = timed_all_to_all(*comm, stats, grad_gates, recv, send);
-    return {back_rows, back_gates, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    auto grad_rows = grads[0].defined() ? grads[0] : like[0].new_zeros({recv_rows, like[0].size(1)});
+    auto grad_gates = grads[1].defined() ? grads[1] : like[1].new_zeros({recv_rows, like[1].size(1)});
+    const auto packed = pack_rows({grad_rows.to(like[0].scalar_type()), grad_gates.to(like[1].scalar_type())});
+    count_bytes(stats, peer_class, recv, packed.size(1));
+    auto back = unpack_rows(timed_all_to_all(*comm, stats, packed, recv, send), {like[0], like[1]});
+    return {back[0], back[1], torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
-/// Exchanges rows and their gates (an autograd node; the way back passes a zero-width gates tensor).
+/// Exchanges rows, their gates and (no gradient) their metadata in one collective: returns received
+/// {rows, gates, meta}. The way back passes zero-width gates and metadata.
 variable_list exchange(Communicator& comm, ExchangeStats& stats, const std::vector<int64_t>& peer_class,
-                       const torch::Tensor& rows, const torch::Tensor& gates, const std::vector<int64_t>& send,
-                       const std::vector<int64_t>& recv) {
-  return ExchangeFn::apply(rows, gates, reinterpret_cast<int64_t>(&comm), reinterpret_cast<int64_t>(&stats), peer_class,
-                           send, recv);
-}
-
-/// Metadata (no gradient): int64 rows.
-torch::Tensor exchange_meta(Communicator& comm, ExchangeStats& stats, const std::vector<int64_t>& peer_class,
-                            const torch::Tensor& meta, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
-  count_bytes(&stats, peer_class, send, meta.size(1) * meta.element_size());
-  return timed_all_to_all(comm, &stats, meta, send, recv);
+                       const torch::Tensor& rows, const torch::Tensor& gates, const torch::Tensor& meta,
+                       const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
+  return ExchangeFn::apply(rows, gates, meta, reinterpret_cast<int64_t>(&comm), reinterpret_cast<int64_t>(&stats),
+                           peer_class, send, recv);
 }
 
 std::vector<int64_t> counts_per_group(const torch::Tensor& group_of_row, int64_t num_groups) {
@@ -219,8 +246,8 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
     state->node_send = counts_per_group(node_rows.group, num_nodes);
     state->node_recv = timed_counts(inter, stats_.get(), state->node_send);
     const auto meta = torch::cat({node_target, origin.unsqueeze(1)}, 1);
-    const auto recv_meta = exchange_meta(inter, *stats_, state->node_class, meta, state->node_send, state->node_recv);
-    auto recv = exchange(inter, *stats_, state->node_class, node_x, node_gates, state->node_send, state->node_recv);
+    auto recv = exchange(inter, *stats_, state->node_class, node_x, node_gates, meta, state->node_send, state->node_recv);
+    const auto& recv_meta = recv[2];
     mid_x = recv[0];
     mid_gates = recv[1];
     mid_target = recv_meta.narrow(1, 0, k);
@@ -255,8 +282,8 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
   state->rank_send = counts_per_group(rank_rows.group, num_dest);
   state->rank_recv = timed_counts(comm, stats_.get(), state->rank_send);
   const auto meta = torch::cat({rank_local, rank_origin.unsqueeze(1)}, 1);
-  const auto recv_meta = exchange_meta(comm, *stats_, state->rank_class, meta, state->rank_send, state->rank_recv);
-  auto recv = exchange(comm, *stats_, state->rank_class, rank_x, rank_gates, state->rank_send, state->rank_recv);
+  auto recv = exchange(comm, *stats_, state->rank_class, rank_x, rank_gates, meta, state->rank_send, state->rank_recv);
+  const auto& recv_meta = recv[2];
 
   // Destination: canonical row order (by origin key), then slots grouped by local expert.
   const auto recv_local = recv_meta.narrow(1, 0, k);
@@ -287,13 +314,14 @@ torch::Tensor ExpertParallelDispatcher::combine(const torch::Tensor& weighted, c
   const auto arrival = torch::zeros_like(canonical).index_copy(0, state.canonical_order, canonical);
 
   auto& comm = flat ? *groups_->ep : *groups_->ep_intra_node;
-  const auto back = exchange(comm, *stats_, state.rank_class, arrival,
-                             torch::zeros({arrival.size(0), 0}, opts), state.rank_recv, state.rank_send)[0];
+  const auto none = [](const torch::Tensor& rows) { return rows.new_empty({rows.size(0), 0}); };
+  const auto back = exchange(comm, *stats_, state.rank_class, arrival, none(arrival), none(arrival).to(torch::kInt64),
+                             state.rank_recv, state.rank_send)[0];
   // Rank rows into their node rows (local-rank order).
   auto node_out = torch::zeros({state.num_node_rows, d}, opts).index_add(0, state.rank_row_node_row, back);
   if (!flat) {
-    node_out = exchange(*groups_->ep_inter_node, *stats_, state.node_class, node_out,
-                        torch::zeros({node_out.size(0), 0}, opts), state.node_recv, state.node_send)[0];
+    node_out = exchange(*groups_->ep_inter_node, *stats_, state.node_class, node_out, none(node_out),
+                        none(node_out).to(torch::kInt64), state.node_recv, state.node_send)[0];
   }
   // Node rows into tokens (node order).
   return torch::zeros({state.num_tokens, d}, opts).index_add(0, state.node_row_token, node_out);
