@@ -6,21 +6,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <functional>
-#include <memory>
 
-#include "core/build_info.h"
 #include "core/error.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
-
-#if SWITCHYARD_HAS_NCCL
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime.h>
-#include <nccl.h>
-#endif
 
 namespace switchyard::parallel {
 namespace {
@@ -46,45 +36,6 @@ double time_collective(Communicator& world, int warmup, int iters, const std::fu
   return median_ms(times);
 }
 
-#if SWITCHYARD_HAS_NCCL
-/// The reference NCCL all-to-all, as nccl-tests runs it: one ncclSend and one ncclRecv per peer in a
-/// group on a plain communicator, then a stream synchronize. No checks, no deadline.
-class RawNcclAlltoall {
- public:
-  RawNcclAlltoall(Communicator& bootstrap, int device) : device_(device) {
-    ncclUniqueId id;
-    auto id_bytes = torch::zeros({static_cast<int64_t>(sizeof(id))}, torch::kUInt8);
-    if (bootstrap.rank() == 0) {
-      SY_CHECK_AS(CommError, ncclGetUniqueId(&id) == ncclSuccess, "ncclGetUniqueId failed");
-      std::memcpy(id_bytes.data_ptr(), &id, sizeof(id));
-    }
-    bootstrap.broadcast(id_bytes, 0);
-    std::memcpy(&id, id_bytes.data_ptr(), sizeof(id));
-    SY_CHECK_AS(CommError, ncclCommInitRank(&comm_, bootstrap.size(), id, bootstrap.rank()) == ncclSuccess,
-                "ncclCommInitRank failed");
-    size_ = bootstrap.size();
-  }
-  ~RawNcclAlltoall() { ncclCommDestroy(comm_); }
-  void run(const torch::Tensor& send, torch::Tensor& recv, int64_t bytes_per_peer) {
-    c10::cuda::CUDAGuard guard(device_);
-    auto stream = c10::cuda::getCurrentCUDAStream(device_).stream();
-    const auto* s = static_cast<const char*>(send.data_ptr());
-    auto* r = static_cast<char*>(recv.data_ptr());
-    ncclGroupStart();
-    for (int p = 0; p < size_; ++p) {
-      ncclSend(s + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm_, stream);
-      ncclRecv(r + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm_, stream);
-    }
-    SY_CHECK_AS(CommError, ncclGroupEnd() == ncclSuccess, "raw NCCL all-to-all failed");
-    cudaStreamSynchronize(stream);
-  }
-
- private:
-  ncclComm_t comm_ = nullptr;
-  int device_;
-  int size_ = 1;
-};
-#endif
 
 }  // namespace
 
@@ -112,10 +63,8 @@ void run_alltoall_benchmark(const AlltoallBenchOptions& options) {
   const int per_node = groups->ep_ranks_per_node;
   const bool can_hier = per_node > 0;
   const int nodes = can_hier ? n / per_node : 1;
-#if SWITCHYARD_HAS_NCCL
-  std::unique_ptr<RawNcclAlltoall> raw_nccl;
-  if (nccl) raw_nccl = std::make_unique<RawNcclAlltoall>(*mpi_world, device.index());
-#endif
+  RawAlltoall raw_nccl;
+  if (nccl) raw_nccl = make_raw_nccl_alltoall(mpi_world, device.index());
 
   for (const int64_t bytes : options.bytes_per_peer) {
     constexpr int64_t kRow = 1024;  // rows of 1 KiB, as token rows would be
@@ -125,11 +74,8 @@ void run_alltoall_benchmark(const AlltoallBenchOptions& options) {
 
     double raw_ms = 0;
     if (nccl) {
-#if SWITCHYARD_HAS_NCCL
       auto recv = torch::empty_like(send);
-      raw_ms = time_collective(*mpi_world, options.warmup, options.iters,
-                               [&] { raw_nccl->run(send, recv, rows * kRow); });
-#endif
+      raw_ms = time_collective(*mpi_world, options.warmup, options.iters, [&] { raw_nccl(send, recv, rows * kRow); });
     } else {
       // Raw: one blocking MPI_Alltoallv on host buffers of the same layout.
       auto host_send = send.to(torch::kCPU).contiguous();

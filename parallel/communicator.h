@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,5 +74,11 @@ std::shared_ptr<Communicator> make_mpi_world(double timeout_s);
 std::shared_ptr<Communicator> make_nccl_communicator(const std::shared_ptr<Communicator>& bootstrap,
                                                      int device_index, double timeout_s);
 bool nccl_available();
+
+/// The reference all-to-all of the NCCL benchmark, as nccl-tests runs it: on its own NCCL
+/// communicator over `bootstrap`'s ranks, one ncclSend and one ncclRecv of `bytes_per_peer` per peer
+/// in a group, then a stream synchronize; no deadline. Throws CommError when NCCL is not built in.
+using RawAlltoall = std::function<void(const torch::Tensor& send, torch::Tensor& recv, int64_t bytes_per_peer)>;
+RawAlltoall make_raw_nccl_alltoall(const std::shared_ptr<Communicator>& bootstrap, int device_index);
 
 }  // namespace switchyard::parallel

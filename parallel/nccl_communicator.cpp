@@ -202,21 +202,49 @@ class NcclCommunicator : public Communicator {
 
 bool nccl_available() { return true; }
 
-std::shared_ptr<Communicator> make_nccl_communicator(const std::shared_ptr<Communicator>& bootstrap, int device_index,
-                                                     double timeout_s) {
-  const int world_rank_ = bootstrap->world_rank();
+namespace {
+
+/// A new NCCL communicator over `bootstrap`'s ranks (rank 0's unique id broadcast over it).
+ncclComm_t init_nccl_comm(Communicator& bootstrap, int device_index) {
+  const int world_rank_ = bootstrap.world_rank();
   SY_CUDA_CHECK(cudaSetDevice(device_index));
   ncclUniqueId id;
   auto id_bytes = torch::zeros({static_cast<int64_t>(sizeof(id))}, torch::kUInt8);
-  if (bootstrap->rank() == 0) {
+  if (bootstrap.rank() == 0) {
     SY_NCCL_CHECK(ncclGetUniqueId(&id));
     std::memcpy(id_bytes.data_ptr(), &id, sizeof(id));
   }
-  bootstrap->broadcast(id_bytes, 0);
+  bootstrap.broadcast(id_bytes, 0);
   std::memcpy(&id, id_bytes.data_ptr(), sizeof(id));
   ncclComm_t comm = nullptr;
-  SY_NCCL_CHECK(ncclCommInitRank(&comm, bootstrap->size(), id, bootstrap->rank()));
-  return std::make_shared<NcclCommunicator>(comm, device_index, world_rank_, timeout_s);
+  SY_NCCL_CHECK(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()));
+  return comm;
+}
+
+}  // namespace
+
+std::shared_ptr<Communicator> make_nccl_communicator(const std::shared_ptr<Communicator>& bootstrap, int device_index,
+                                                     double timeout_s) {
+  return std::make_shared<NcclCommunicator>(init_nccl_comm(*bootstrap, device_index), device_index,
+                                            bootstrap->world_rank(), timeout_s);
+}
+
+RawAlltoall make_raw_nccl_alltoall(const std::shared_ptr<Communicator>& bootstrap, int device_index) {
+  const int world_rank_ = bootstrap->world_rank(), size = bootstrap->size();
+  std::shared_ptr<ncclComm> comm(init_nccl_comm(*bootstrap, device_index), [](ncclComm_t c) { ncclCommDestroy(c); });
+  return [comm, device_index, world_rank_, size](const torch::Tensor& send, torch::Tensor& recv, int64_t bytes_per_peer) {
+    c10::cuda::CUDAGuard guard(device_index);
+    auto stream = c10::cuda::getCurrentCUDAStream(device_index).stream();
+    const auto* s = static_cast<const char*>(send.data_ptr());
+    auto* r = static_cast<char*>(recv.data_ptr());
+    SY_NCCL_CHECK(ncclGroupStart());
+    for (int p = 0; p < size; ++p) {
+      SY_NCCL_CHECK(ncclSend(s + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm.get(), stream));
+      SY_NCCL_CHECK(ncclRecv(r + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm.get(), stream));
+    }
+    SY_NCCL_CHECK(ncclGroupEnd());
+    SY_CUDA_CHECK(cudaStreamSynchronize(stream));
+  };
 }
 
 #else
@@ -226,6 +254,10 @@ bool nccl_available() { return false; }
 std::shared_ptr<Communicator> make_nccl_communicator(const std::shared_ptr<Communicator>& bootstrap, int, double) {
   throw CommError(detail::concat("[rank ", bootstrap->world_rank(),
                                  "] parallel.backend: nccl is not built in (configure with -DSWITCHYARD_WITH_CUDA=ON)"));
+}
+
+RawAlltoall make_raw_nccl_alltoall(const std::shared_ptr<Communicator>& bootstrap, int) {
+  throw CommError(detail::concat("[rank ", bootstrap->world_rank(), "] NCCL is not built in"));
 }
 
 #endif
