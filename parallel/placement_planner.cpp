@@ -796,13 +796,17 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
   const auto stats = routing_statistics(trace);
   if (o.objective == "inter_layer") return plan_inter_layer(trace, o, stats);
   const auto kind = core::DispatcherKind::kHierarchical;
-  const int64_t stages_per_layer = (nodes > 1 ? 1 : 0) + nodes;
-  // ILP time: each stage gets an equal share of what is left, so time a fast stage leaves goes on.
-  int64_t stages_left = static_cast<int64_t>(trace.layers.size()) * stages_per_layer;
+  // ILP time: each stage gets its share of what is left (so time a fast stage leaves goes on), the node
+  // stage `inter_node_weight` shares and each rank stage one, as their rows weigh in the objective.
+  const double node_share = o.inter_node_weight;
+  const double units_per_layer = (nodes > 1 ? node_share : 0.0) + static_cast<double>(nodes);
+  double units_left = static_cast<double>(trace.layers.size()) * units_per_layer;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.time_limit_s);
-  auto stage_time = [&] {
+  auto stage_time = [&](double units) {
     const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
-    return std::max(0.1, left / static_cast<double>(std::max<int64_t>(1, stages_left--)));
+    const double t = std::max(0.1, left * units / std::max(units, units_left));
+    units_left -= units;
+    return t;
   };
 
   PlanReport report = start_report(use_ilp);
@@ -826,7 +830,7 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
       std::iota(ident.begin(), ident.end(), 0);
       pa.patterns = token_patterns(layer, ident, [&](int64_t src) { return static_cast<int32_t>(topo.node_of(src)); },
                                    o.inter_node_weight);
-      const auto a = solve_stage(pa, o, use_ilp, use_ilp ? stage_time() : 0);
+      const auto a = solve_stage(pa, o, use_ilp, use_ilp ? stage_time(node_share) : 0);
       node_greedy = a.greedy.bin_of;
       node_best = a.best.bin_of;
       bound_a = a.best.bound;
@@ -848,7 +852,7 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
         for (int32_t e : expert_of_item) pb.load.push_back(static_cast<double>(load[e]));
         pb.max_bin_load = (1 + o.load_slack) * total_load / static_cast<double>(ranks);
         pb.patterns = token_patterns(layer, item_of, [&](int64_t src) { return static_cast<int32_t>(src % rpn); }, 1.0);
-        const auto b = solve_stage(pb, o, ilp, ilp ? stage_time() : 0);
+        const auto b = solve_stage(pb, o, ilp, ilp ? stage_time(1.0) : 0);
         if (bound) *bound += b.best.bound;
         if (optimal) *optimal = *optimal && b.best.optimal;
         for (int64_t i = 0; i < pb.items; ++i) owner[expert_of_item[i]] = n * rpn + b.best.bin_of[i];
