@@ -9,7 +9,7 @@
 // rows; hierarchical sends node rows across nodes and expands them at the same-local-rank peer. The
 // destination sorts rows by origin key, so the experts see the same rows in the same order, and
 // every sum runs in the same order (slots by local expert, then local ranks, then nodes): the two
-// are bitwise equal, forward and backward.
+// are bitwise equal, forward and backward, on CPU (on CUDA, index_add adds in no fixed order).
 #pragma once
 
 #include <cstdint>
