@@ -103,6 +103,18 @@ class UnpermuteFn : public torch::autograd::Function<UnpermuteFn> {
   }
 };
 
+class SumRowsFn : public torch::autograd::Function<SumRowsFn> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& rows, const torch::Tensor& token_idx,
+                               const torch::Tensor& row_of_slot) {
+    ctx->save_for_backward({token_idx});
+    return raw::gather_sum(rows, {}, row_of_slot);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {grads[0].index_select(0, ctx->get_saved_variables()[0]), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 class SwigluFn : public torch::autograd::Function<SwigluFn> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h) {
@@ -123,6 +135,10 @@ torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_idx, co
 torch::Tensor unpermute(const torch::Tensor& rows, const torch::Tensor& gates, const torch::Tensor& token_idx,
                         const torch::Tensor& row_of_slot) {
   return UnpermuteFn::apply(rows.contiguous(), gates.contiguous(), token_idx, row_of_slot);
+}
+
+torch::Tensor sum_rows(const torch::Tensor& rows, const torch::Tensor& token_idx, const torch::Tensor& row_of_slot) {
+  return SumRowsFn::apply(rows.contiguous(), token_idx, row_of_slot);
 }
 
 torch::Tensor swiglu(const torch::Tensor& h) { return SwigluFn::apply(h.contiguous()); }

@@ -21,6 +21,10 @@ torch::Tensor permute(const torch::Tensor& x, const torch::Tensor& token_idx, co
 torch::Tensor unpermute(const torch::Tensor& rows, const torch::Tensor& gates, const torch::Tensor& token_idx,
                         const torch::Tensor& row_of_slot);
 
+/// y [T, d] with y[t] = sum over t's slots of rows[row], accumulated in fp32, in the dtype of `rows`
+/// (unpermute without gates). Backward: grad_rows = grad_y[token_idx] (a gather, no atomics).
+torch::Tensor sum_rows(const torch::Tensor& rows, const torch::Tensor& token_idx, const torch::Tensor& row_of_slot);
+
 /// h [N, 2f] (gate | up) -> silu(gate) * up [N, f], with a fused backward that keeps only h.
 torch::Tensor swiglu(const torch::Tensor& h);
 

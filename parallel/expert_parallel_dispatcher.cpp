@@ -7,6 +7,7 @@
 
 #include "core/build_info.h"
 #include "core/error.h"
+#include "modules/moe_kernels.h"
 
 #if SWITCHYARD_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -164,21 +165,32 @@ Expanded expand_rows(const torch::Tensor& slot_group /*[N, k], -1 unused*/, bool
   return e;
 }
 
+/// [num_source_rows, k]: each source row's expanded rows, each in the column of its first slot (-1:
+/// none). Siblings hold disjoint slots, so no two share a column. The layout of the fused
+/// permute / gather-sum kernels: sums over a row's expansions run in slot order, without atomics.
+torch::Tensor expansion_table(const Expanded& e, int64_t num_source_rows, int64_t k) {
+  auto table = torch::full({num_source_rows, k}, -1, e.source_row.options());
+  if (e.source_row.numel() == 0) return table;
+  const auto column = e.slot_mask.to(torch::kInt64).argmax(1);
+  table.index_put_({e.source_row, column}, torch::arange(e.source_row.size(0), e.source_row.options()));
+  return table;
+}
+
 /// State kept between dispatch and combine.
 struct EpState {
   // Origin side.
   torch::Tensor node_row_token;     ///< [Nr] token of each node row
-  int64_t num_tokens = 0;
+  torch::Tensor token_node_rows;    ///< [T, k] expansion_table of the node rows
   // Flat: rank rows at the origin. Hierarchical: rank rows at the intermediate.
   torch::Tensor rank_row_node_row;  ///< [Rr] node row each rank row came from
-  int64_t num_node_rows = 0;        ///< node rows at the place rank rows were expanded
+  torch::Tensor node_rank_rows;     ///< [node rows there, k] expansion_table of the rank rows
   std::vector<int64_t> rank_send, rank_recv;
   std::vector<int64_t> node_send, node_recv;  ///< hierarchical stage one
   std::vector<int64_t> rank_class, node_class;
   // Destination.
   torch::Tensor canonical_order;    ///< [n] received row -> canonical position
   torch::Tensor slot_row;           ///< [S] canonical row of each expert slot
-  int64_t num_recv_rows = 0;
+  torch::Tensor row_slots;          ///< [n, k] each canonical row's expert slots (rows_of_slots)
 };
 
 }  // namespace
@@ -213,7 +225,6 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
   const int64_t per_node = groups_->ep_ranks_per_node > 0 ? groups_->ep_ranks_per_node : groups_->ep_size;
   const int64_t num_nodes = groups_->ep_size / per_node;
   auto state = std::make_shared<EpState>();
-  state->num_tokens = num_tokens;
 
   const auto owners = torch::tensor(placement_.owners(), torch::kInt64).to(device);
   const auto locals = torch::tensor(placement_.local_indices(), torch::kInt64).to(device);
@@ -227,8 +238,10 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
   // Node rows: (node, token), sorted; they carry gates and targets of the slots bound for that node.
   const auto node_rows = expand_rows(slot_node, dedup_);
   state->node_row_token = node_rows.source_row;
-  const auto node_x = x.index_select(0, node_rows.source_row);
-  const auto node_gates = gates.index_select(0, node_rows.source_row) * node_rows.slot_mask.to(gates.scalar_type());
+  state->token_node_rows = expansion_table(node_rows, num_tokens, k);
+  const auto node_x = modules::kernels::permute(x, node_rows.source_row, state->token_node_rows);
+  const auto node_gates = modules::kernels::permute(gates, node_rows.source_row, state->token_node_rows) *
+                          node_rows.slot_mask.to(gates.scalar_type());
   const auto node_target = target.index_select(0, node_rows.source_row).masked_fill(node_rows.slot_mask.logical_not(), -1);
   const int64_t my_rank = groups_->ep_rank;
   torch::Tensor origin = node_rows.source_row * (int64_t{1} << kTokenShift) + (my_rank << kRankShift);
@@ -264,9 +277,10 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
   const auto dest_in_comm = flat ? slot_dest : slot_local_rank;
   const auto rank_rows = expand_rows(dest_in_comm, dedup_);
   state->rank_row_node_row = rank_rows.source_row;
-  state->num_node_rows = mid_x.size(0);
-  const auto rank_x = mid_x.index_select(0, rank_rows.source_row);
-  const auto rank_gates = mid_gates.index_select(0, rank_rows.source_row) * rank_rows.slot_mask.to(mid_gates.scalar_type());
+  state->node_rank_rows = expansion_table(rank_rows, mid_x.size(0), k);
+  const auto rank_x = modules::kernels::permute(mid_x, rank_rows.source_row, state->node_rank_rows);
+  const auto rank_gates = modules::kernels::permute(mid_gates, rank_rows.source_row, state->node_rank_rows) *
+                          rank_rows.slot_mask.to(mid_gates.scalar_type());
   const auto rank_local = mid_target.index_select(0, rank_rows.source_row)
                               .remainder(local_experts)
                               .masked_fill(rank_rows.slot_mask.logical_not(), -1);
@@ -288,15 +302,15 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
   // Destination: canonical row order (by origin key), then slots grouped by local expert.
   const auto recv_local = recv_meta.narrow(1, 0, k);
   const auto recv_origin = recv_meta.select(1, k);
-  state->num_recv_rows = recv_meta.size(0);
   state->canonical_order = std::get<1>(recv_origin.sort(/*stable=*/true, 0, false));
   const auto rows_x = recv[0].index_select(0, state->canonical_order);
   const auto rows_gates = recv[1].index_select(0, state->canonical_order);
   const auto slots = modules::sort_slots_by_expert(recv_local.index_select(0, state->canonical_order), local_experts);
   state->slot_row = slots.token_idx;
+  state->row_slots = modules::kernels::rows_of_slots(slots.slot_idx, recv_meta.size(0), k);
 
   modules::Dispatched d;
-  d.tokens = rows_x.index_select(0, slots.token_idx);
+  d.tokens = modules::kernels::permute(rows_x, slots.token_idx, state->row_slots);
   d.slot_gates = rows_gates.reshape({-1}).index_select(0, slots.slot_idx);
   d.tokens_per_expert = torch::bincount(slots.expert, {}, local_experts);
   d.state = state;
@@ -305,26 +319,33 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
 
 torch::Tensor ExpertParallelDispatcher::combine(const torch::Tensor& weighted, const modules::Dispatched& dispatched) {
   const auto& state = *static_cast<const EpState*>(dispatched.state.get());
+  return combine_rows(modules::kernels::sum_rows(weighted, state.slot_row, state.row_slots), dispatched);
+}
+
+torch::Tensor ExpertParallelDispatcher::combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
+                                                         const modules::Dispatched& dispatched) {
+  const auto& state = *static_cast<const EpState*>(dispatched.state.get());
+  return combine_rows(modules::kernels::unpermute(expert_out, gates, state.slot_row, state.row_slots), dispatched);
+}
+
+torch::Tensor ExpertParallelDispatcher::combine_rows(const torch::Tensor& canonical,
+                                                     const modules::Dispatched& dispatched) {
+  // Every sum here and in the callers is a gather-sum in slot order (no atomics): deterministic, and
+  // the same in flat and hierarchical.
+  const auto& state = *static_cast<const EpState*>(dispatched.state.get());
   const bool flat = kind_ == core::DispatcherKind::kFlat;
-  const int64_t d = weighted.size(1);
-  const auto opts = weighted.options();
-
-  // Destination: one sum per row (its slots in local-expert order), back to arrival order.
-  const auto canonical = torch::zeros({state.num_recv_rows, d}, opts).index_add(0, state.slot_row, weighted);
   const auto arrival = torch::zeros_like(canonical).index_copy(0, state.canonical_order, canonical);
-
   auto& comm = flat ? *groups_->ep : *groups_->ep_intra_node;
   const auto none = [](const torch::Tensor& rows) { return rows.new_empty({rows.size(0), 0}); };
   const auto back = exchange(comm, *stats_, state.rank_class, arrival, none(arrival), none(arrival).to(torch::kInt64),
                              state.rank_recv, state.rank_send)[0];
-  // Rank rows into their node rows (local-rank order).
-  auto node_out = torch::zeros({state.num_node_rows, d}, opts).index_add(0, state.rank_row_node_row, back);
+  // Rank rows into their node rows, then node rows into tokens.
+  auto node_out = modules::kernels::sum_rows(back, state.rank_row_node_row, state.node_rank_rows);
   if (!flat) {
     node_out = exchange(*groups_->ep_inter_node, *stats_, state.node_class, node_out, none(node_out),
                         none(node_out).to(torch::kInt64), state.node_recv, state.node_send)[0];
   }
-  // Node rows into tokens (node order).
-  return torch::zeros({state.num_tokens, d}, opts).index_add(0, state.node_row_token, node_out);
+  return modules::kernels::sum_rows(node_out, state.node_row_token, state.token_node_rows);
 }
 
 }  // namespace switchyard::parallel

@@ -9,7 +9,8 @@
 // rows; hierarchical sends node rows across nodes and expands them at the same-local-rank peer. The
 // destination sorts rows by origin key, so the experts see the same rows in the same order, and
 // every sum runs in the same order (slots by local expert, then local ranks, then nodes): the two
-// are bitwise equal, forward and backward, on CPU (on CUDA, index_add adds in no fixed order).
+// are bitwise equal, forward and backward. The sums and the permutes' backward are the fused
+// gather-sum kernels (modules/moe_kernels.h): no atomics, so runs are deterministic on GPUs too.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +42,9 @@ class ExpertParallelDispatcher : public modules::TokenDispatcher {
   modules::Dispatched dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx,
                                const torch::Tensor& gates) override;
   torch::Tensor combine(const torch::Tensor& weighted, const modules::Dispatched& dispatched) override;
+  /// The gate weighting fused into the destination's per-row sum (the un-permute kernel).
+  torch::Tensor combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
+                                 const modules::Dispatched& dispatched) override;
   std::vector<int64_t> local_expert_ids() const override;
 
   /// [E] bool: experts held on this rank's node (the LocMoE locality loss target).
@@ -55,6 +59,9 @@ class ExpertParallelDispatcher : public modules::TokenDispatcher {
   core::DispatcherKind kind_;
   bool dedup_;
   std::shared_ptr<ExchangeStats> stats_;
+
+  /// The way back from the destination's per-row sums (canonical order) to this rank's tokens.
+  torch::Tensor combine_rows(const torch::Tensor& canonical, const modules::Dispatched& dispatched);
 };
 
 }  // namespace switchyard::parallel

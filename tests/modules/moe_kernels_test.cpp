@@ -47,6 +47,8 @@ TEST(MoeKernels, PermuteAndUnpermuteEqualGatherAndIndexAdd) {
   const auto y = unpermute(rows, gates, r.slots.token_idx, r.row_of_slot);
   const auto expected = torch::zeros({T, d}).index_add(0, r.slots.token_idx, rows * gates.unsqueeze(1));
   EXPECT_LT(rel_l2(y, expected), 1e-6);
+  const auto summed = sum_rows(rows, r.slots.token_idx, r.row_of_slot);
+  EXPECT_LT(rel_l2(summed, torch::zeros({T, d}).index_add(0, r.slots.token_idx, rows)), 1e-6);
 }
 
 TEST(MoeKernels, GradientsMatchFiniteDifferences) {
@@ -62,6 +64,12 @@ TEST(MoeKernels, GradientsMatchFiniteDifferences) {
         return (unpermute(rows.pow(2), gates, r.slots.token_idx, r.row_of_slot) * probe).sum();
       },
       {x, gates}, "permute + unpermute");
+  expect_gradients_match(
+      [&] {
+        const auto rows = permute(x, r.slots.token_idx, r.row_of_slot);
+        return (sum_rows(rows.pow(2), r.slots.token_idx, r.row_of_slot) * probe).sum();
+      },
+      {x}, "permute + sum_rows");
   const auto h = torch::randn({5, 6}, torch::kDouble).requires_grad_();
   const auto probe_h = torch::randn({5, 3}, torch::kDouble);
   expect_gradients_match([&] { return (swiglu(h) * probe_h).sum(); }, {h}, "swiglu");

@@ -207,13 +207,15 @@ TEST(ExpertParallel, RandomPlacementEqualsReference) {
 }
 
 /// Forward outputs and all gradients of two dispatch configurations, bitwise.
-void expect_bitwise_equal(const core::Config& a_cfg, const core::Config& b_cfg) {
-  const Share share = even_share(7);
+void expect_bitwise_equal(const core::Config& a_cfg, const core::Config& b_cfg, torch::Device device = torch::kCPU,
+                          int64_t tokens_per_rank = 7) {
+  const Share share = even_share(tokens_per_rank);
   torch::manual_seed(99);
   const auto x_all = torch::randn({share.total, 8});
   auto run = [&](const core::Config& c) {
     auto b = build(c);
-    auto x = x_all.narrow(0, share.offset, share.count).clone().requires_grad_();
+    b.layer->to(device);
+    auto x = x_all.narrow(0, share.offset, share.count).to(device).requires_grad_();
     auto out = b.layer->forward(x);
     total_loss(out, torch::ones_like(out.y)).backward();
     std::vector<torch::Tensor> result{out.y.detach(), x.grad()};
@@ -230,6 +232,20 @@ TEST(ExpertParallel, HierarchicalEqualsFlatBitwise) {
   for (int rpn : {1, 2}) {
     if (n % rpn) continue;
     expect_bitwise_equal(base_config(n, DispatcherKind::kFlat, rpn), base_config(n, DispatcherKind::kHierarchical, rpn));
+  }
+}
+
+TEST(ExpertParallel, CudaRunsAreBitwiseReproducible) {
+  // Every sum of the exchange is a gather-sum without atomics, so two runs on a GPU agree in every bit
+  // (with index_add's atomics they did not). 4,096 tokens per rank, so many rows meet in one sum.
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const int n = world()->size();
+  const auto flat = base_config(n, DispatcherKind::kFlat, 0);
+  expect_bitwise_equal(flat, flat, torch::kCUDA, 4096);
+  if (n % 2 == 0) {
+    const auto hier = base_config(n, DispatcherKind::kHierarchical, n / 2);
+    expect_bitwise_equal(hier, hier, torch::kCUDA, 4096);
+    expect_bitwise_equal(base_config(n, DispatcherKind::kFlat, n / 2), hier, torch::kCUDA, 4096);
   }
 }
 
