@@ -10,7 +10,7 @@
 // destination sorts rows by origin key, so the experts see the same rows in the same order, and
 // every sum runs in the same order (slots by local expert, then local ranks, then nodes): the two
 // are bitwise equal, forward and backward. The sums and the permutes' backward are the fused
-// gather-sum kernels (modules/moe_kernels.h): no atomics, so runs are deterministic on GPUs too.
+// gather-sum kernels (modules/moe_kernels.h): no atomics, so the exchange is deterministic on GPUs too.
 #pragma once
 
 #include <cstdint>
