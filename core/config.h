@@ -269,6 +269,7 @@ struct TrainConfig {
   int64_t checkpoint_every = 100;
   int64_t keep_checkpoints = 2;
   Precision precision = Precision::kFp32;
+  bool deterministic = false;
   DeviceKind device = DeviceKind::kCpu;
   std::string run_dir = "runs/default";
   NanPolicy nan_policy = NanPolicy::kSkip;
@@ -297,6 +298,8 @@ struct TrainConfig {
     v.field("keep_checkpoints", keep_checkpoints, "newest checkpoints kept", Bounds::in(1, 1 << 20));
     v.field("precision", precision, "fp32, or bf16 autocast with fp32 master weights (CUDA)");
     v.field("device", device, "cpu or cuda");
+    v.field("deterministic", deterministic, "bitwise reproducible GPU runs: PyTorch's deterministic algorithms "
+                                            "(slower; an op without one stops the run naming it)");
     v.field("run_dir", run_dir, "run directory: config.yaml, metrics.jsonl, checkpoints/");
     v.field("nan_policy", nan_policy, "on NaN/Inf loss or gradients: skip the step, or error");
     v.field("trace_every", trace_every, "write a routing trace every N steps (0 = never)", Bounds::at_least(0));

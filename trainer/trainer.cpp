@@ -112,6 +112,12 @@ Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
               "parallel.replan_every: re-planning needs nodes aligned with the expert-parallel group "
               "(parallel.ranks_per_node dividing parallel.expert_parallel)");
 
+  if (config_.train.deterministic) {
+    // cuBLAS needs a fixed workspace to be deterministic; it reads this at its first handle.
+    setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+    at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
+  }
+
   // One intra-op thread per rank's share of this node's cores.
   int ranks_here = 0;
   for (int n : groups_->topology.node_of_rank) ranks_here += n == groups_->topology.node_idx();
