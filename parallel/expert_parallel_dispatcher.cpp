@@ -169,11 +169,9 @@ Expanded expand_rows(const torch::Tensor& slot_group /*[N, k], -1 unused*/, bool
 /// none). Siblings hold disjoint slots, so no two share a column. The layout of the fused
 /// permute / gather-sum kernels: sums over a row's expansions run in slot order, without atomics.
 torch::Tensor expansion_table(const Expanded& e, int64_t num_source_rows, int64_t k) {
-  auto table = torch::full({num_source_rows, k}, -1, e.source_row.options());
-  if (e.source_row.numel() == 0) return table;
-  const auto column = e.slot_mask.to(torch::kInt64).argmax(1);
-  table.index_put_({e.source_row, column}, torch::arange(e.source_row.size(0), e.source_row.options()));
-  return table;
+  if (e.source_row.numel() == 0) return torch::full({num_source_rows, k}, -1, e.source_row.options());
+  const auto first_slot = e.slot_mask.to(torch::kInt64).argmax(1);
+  return modules::kernels::rows_of_slots(e.source_row * k + first_slot, num_source_rows, k);
 }
 
 /// State kept between dispatch and combine.
