@@ -370,9 +370,9 @@ class LpRelaxation {
 
 PartitionResult solve_ilp(const PartitionProblem& pb, const PartitionResult& start, double time_limit_s,
                           double relative_gap) {
-  // Variables: x[i][b] binary (item i in bin b); s[{i,j}][b] in [0, 1] for every pair of items and
-  // bin ("both in b", the product x[i][b] x[j][b] linearized); y[p][b] in [0, 1] for patterns of
-  // three or more items. Costs (bins a pattern touches other than its home h):
+  // Variables: x[i][b] binary (item i in bin b); s[{i,j}][b] in [0, 1] for pairs of items (which
+  // pairs: below) and bins ("both in b", the product x[i][b] x[j][b] linearized); y[p][b] in [0, 1]
+  // for patterns of three or more items. Costs (bins a pattern touches other than its home h):
   //   one item i:      w (1 - x[i][h])                                         (no home: w)
   //   two items i, j:  w (2 - x[i][h] - x[j][h] - sum_{b != h} s[{i,j}][b])    (no home: w (2 - sum_b s))
   //   three or more:   w sum_{b != h} y[p][b], y[p][b] >= x[i][b] for i in p
