@@ -112,6 +112,9 @@ struct PartitionProblem {
   };
   std::vector<Pattern> patterns;
   double cost(const std::vector<int32_t>& bin_of) const;
+  /// Bin `bin`'s share of the cost when it holds `set`: the weight of patterns (home != bin) meeting it.
+  /// cost(bin_of) is the sum of every bin's share.
+  double bin_cost(int32_t bin, const std::vector<int32_t>& set) const;
   bool feasible(const std::vector<int32_t>& bin_of) const;
 };
 
@@ -129,5 +132,23 @@ PartitionResult solve_greedy(const PartitionProblem& problem, uint64_t seed);
 PartitionResult solve_ilp(const PartitionProblem& problem, const PartitionResult& start, double time_limit_s,
                           double relative_gap);
 bool ilp_available();
+
+/// The set-partitioning relaxation (a column is one bin's whole content) by column generation, for
+/// more than two bins: its Lagrangian bound, and the best assignment among the generated contents
+/// (restricted master in CBC) or `start`, whichever costs less. It stops early once `start` is within
+/// `relative_gap` of the bound. Throws when CBC is not built in.
+PartitionResult solve_set_partition(const PartitionProblem& problem, const PartitionResult& start, double time_limit_s,
+                                    double relative_gap);
+
+/// The pricing of the column generation, exposed for tests: the least bin_cost(bin, S) - sum_{i in S}
+/// price[i] over contents S of items / bins items within the load cap, by branch and bound. Exact for
+/// patterns of one or two items; with larger patterns a lower bound. `complete` is false when the search
+/// stopped at its node limit.
+struct BinPricing {
+  double min_value = 0;
+  std::vector<int32_t> best_set;  ///< sorted; empty when no content fits the cap
+  bool complete = true;
+};
+BinPricing price_bin(const PartitionProblem& problem, int32_t bin, const std::vector<double>& price);
 
 }  // namespace switchyard::parallel
