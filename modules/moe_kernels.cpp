@@ -13,6 +13,8 @@ std::pair<torch::Tensor, torch::Tensor> unpermute_backward(const torch::Tensor& 
                                                            const torch::Tensor& gates, const torch::Tensor& token_idx);
 torch::Tensor swiglu_forward(const torch::Tensor& h);
 torch::Tensor swiglu_backward(const torch::Tensor& grad_out, const torch::Tensor& h);
+void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const std::vector<int64_t>& counts,
+                        torch::Tensor& grad, bool accumulate);
 }  // namespace cuda
 #define SY_ON_CUDA(tensor, call) \
   if ((tensor).is_cuda()) return cuda::call
@@ -67,6 +69,35 @@ torch::Tensor swiglu_backward(const torch::Tensor& grad_out, const torch::Tensor
   const auto s = torch::sigmoid(g);
   const auto dsilu = s * (1 + g * (1 - s));
   return torch::cat({go * u * dsilu, go * g * s}, 1).to(h.scalar_type());
+}
+
+void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const std::vector<int64_t>& counts,
+                        torch::Tensor& grad, bool accumulate) {
+  SY_CHECK(x.dim() == 2 && dy.dim() == 2 && grad.dim() == 3 && x.size(0) == dy.size(0) &&
+               grad.size(0) == static_cast<int64_t>(counts.size()) && grad.size(1) == x.size(1) &&
+               grad.size(2) == dy.size(1) && grad.is_contiguous(),
+           "expert_weight_grad: x [S, K], dy [S, N], contiguous grad [E, K, N] expected, got ", x.sizes(), ", ",
+           dy.sizes(), ", ", grad.sizes());
+  SY_CHECK(x.scalar_type() == dy.scalar_type() &&
+               (grad.scalar_type() == x.scalar_type() || grad.scalar_type() == torch::kFloat32),
+           "expert_weight_grad: x and dy of one dtype, grad that dtype or fp32");
+  if (x.is_cuda()) {
+#if SWITCHYARD_WITH_CUDA
+    cuda::expert_weight_grad(x, dy, counts, grad, accumulate);
+    return;
+#else
+    SY_CHECK(false, "expert_weight_grad: CUDA tensor, but Switchyard was built without CUDA");
+#endif
+  }
+  int64_t offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    auto g = grad[static_cast<int64_t>(e)];
+    const auto prod = x.narrow(0, offset, counts[e]).to(acc(x)).t().mm(dy.narrow(0, offset, counts[e]).to(acc(x)));
+    if (accumulate) g.add_(prod.to(g.scalar_type()));
+    else g.copy_(prod);
+    offset += counts[e];
+  }
+  SY_CHECK(offset == x.size(0), "expert_weight_grad: counts sum to ", offset, " but x has ", x.size(0), " rows");
 }
 
 }  // namespace raw

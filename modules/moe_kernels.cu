@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <cublas_v2.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <initializer_list>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace switchyard::modules::kernels::cuda {
 namespace {
@@ -236,6 +238,39 @@ at::Tensor swiglu_backward(const at::Tensor& grad_out_in, const at::Tensor& h_in
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad_h;
+}
+
+void expert_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in, const std::vector<int64_t>& counts,
+                        at::Tensor& grad, bool accumulate) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  TORCH_CHECK(x_in.scalar_type() == at::kBFloat16, "expert_weight_grad: bf16 operands expected on CUDA");
+  const auto x = x_in.contiguous(), dy = dy_in.contiguous();
+  const int64_t K = x.size(1), N = dy.size(1);
+  const bool fp32_grad = grad.scalar_type() == at::kFloat;
+  const size_t grad_elem = fp32_grad ? 4 : 2;
+  // Row-major grad[e] [K, N] is column-major [N, K]: grad[e]^T = dy_e^T x_e, i.e. C = A B^T with A = dy_e
+  // (column-major [N, n_e], ld N) and B = x_e (column-major [K, n_e], ld K).
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  const auto* dy_ptr = static_cast<const char*>(dy.data_ptr());
+  const auto* x_ptr = static_cast<const char*>(x.data_ptr());
+  auto* grad_ptr = static_cast<char*>(grad.data_ptr());
+  int64_t offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    const int64_t n = counts[e];
+    void* c = grad_ptr + static_cast<int64_t>(e) * K * N * static_cast<int64_t>(grad_elem);
+    if (n == 0) {
+      if (!accumulate) C10_CUDA_CHECK(cudaMemsetAsync(c, 0, K * N * grad_elem, at::cuda::getCurrentCUDAStream()));
+      continue;
+    }
+    TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(N), static_cast<int>(K),
+                                      static_cast<int>(n), &alpha, dy_ptr + offset * N * 2, CUDA_R_16BF,
+                                      static_cast<int>(N), x_ptr + offset * K * 2, CUDA_R_16BF, static_cast<int>(K),
+                                      &beta, c, fp32_grad ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(N),
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    offset += n;
+  }
+  TORCH_CHECK(offset == x.size(0), "expert_weight_grad: counts sum to ", offset, " but x has ", x.size(0), " rows");
 }
 
 }  // namespace switchyard::modules::kernels::cuda

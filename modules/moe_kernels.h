@@ -10,6 +10,8 @@
 
 #include <torch/torch.h>
 
+#include <vector>
+
 namespace switchyard::modules::kernels {
 
 /// rows [S, d] = x[token_idx]. Backward: grad_x[t] = sum over t's slots of grad_rows[row] (a gather,
@@ -41,6 +43,13 @@ std::pair<torch::Tensor, torch::Tensor> unpermute_backward(const torch::Tensor& 
                                                            const torch::Tensor& gates, const torch::Tensor& token_idx);
 torch::Tensor swiglu_forward(const torch::Tensor& h);
 torch::Tensor swiglu_backward(const torch::Tensor& grad_out, const torch::Tensor& h);
+/// The weight gradient of a grouped GEMM, written into the gradient buffer by the GEMMs themselves:
+/// grad[e] += x_e^T dy_e (grad[e] = ... when !accumulate) over expert e's rows, `counts` on the host.
+/// x [S, K] and dy [S, N] of one dtype; grad [E, K, N] contiguous, that dtype or fp32 (fp32 master
+/// gradients take bf16 products in fp32, as Megatron's gradient-accumulation fusion). On CUDA one
+/// cuBLAS GEMM per expert with beta = 1: the separate read-add-write of the gradient is gone.
+void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const std::vector<int64_t>& counts,
+                        torch::Tensor& grad, bool accumulate);
 }  // namespace raw
 
 }  // namespace switchyard::modules::kernels

@@ -3,6 +3,7 @@
 // experts and only the arithmetic differs. Tolerances (relative L2): fp32 1e-4, bf16 2e-2.
 #include <gtest/gtest.h>
 
+#include "modules/autocast.h"
 #include "modules/moe_layer.h"
 #include "modules/transformer.h"
 #include "tests/test_util.h"
@@ -65,6 +66,43 @@ TEST_F(GpuModules, MoELayerMatchesCpuValuesAndGradients) {
       for (size_t i = 0; i < params.size(); ++i) {
         EXPECT_LT(rel_l2(params[i].value().grad(), ref_grads[i]), c.tol) << what << " " << params[i].key();
       }
+    }
+  }
+}
+
+TEST_F(GpuModules, AutocastGroupedExpertsAccumulateGradientsInPlace) {
+  // fp32 master weights under bf16 autocast take the grouped GEMMs, whose weight gradients the GEMMs
+  // write into the fp32 .grad themselves; two backward passes must accumulate to twice the CPU
+  // gradient, and gradients reset to undefined must be recreated.
+  torch::manual_seed(8);
+  core::ModelConfig cfg;
+  cfg.d_model = 64;
+  cfg.moe.num_experts = 8;
+  cfg.moe.top_k = 2;
+  cfg.moe.ffn_hidden = 128;
+  cfg.init_std = 0.05;
+  MoELayer layer(cfg, core::LossesConfig{}, 0, 3);
+  round_to_bf16(*layer);
+  const auto x_cpu = torch::randn({512, 64}).to(torch::kBFloat16).to(torch::kFloat32).requires_grad_();
+  const auto probe = torch::randn({512, 64}).to(torch::kBFloat16).to(torch::kFloat32);
+  (layer->forward(x_cpu).y * probe).sum().backward();
+  std::vector<torch::Tensor> ref_grads;
+  for (const auto& p : layer->parameters()) ref_grads.push_back(p.grad().clone());
+  layer->zero_grad();
+  layer->to(torch::kCUDA);
+  for (const bool reset : {false, true}) {
+    for (auto& p : layer->parameters()) p.mutable_grad() = reset ? torch::Tensor() : torch::zeros_like(p);
+    const auto x = x_cpu.detach().to(torch::kCUDA).requires_grad_();
+    for (int pass = 0; pass < 2; ++pass) {
+      Bf16Autocast autocast(true);
+      (layer->forward(x).y * probe.to(torch::kCUDA)).sum().backward();
+    }
+    const auto params = layer->named_parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& g = params[i].value().grad();
+      ASSERT_TRUE(g.defined()) << params[i].key();
+      EXPECT_EQ(g.scalar_type(), torch::kFloat32) << params[i].key();
+      EXPECT_LT(rel_l2(g, 2 * ref_grads[i]), 2e-2) << params[i].key() << (reset ? " from undefined" : " from zeros");
     }
   }
 }

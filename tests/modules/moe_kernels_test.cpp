@@ -111,5 +111,28 @@ TEST(MoeKernels, CudaKernelsMatchTheCpuReferences) {
   }
 }
 
+TEST(MoeKernels, CudaExpertWeightGradMatchesTheCpuReference) {
+  // cuBLAS per expert, writing (beta 0) or accumulating (beta 1) into bf16 and fp32 gradients, with an
+  // expert that has no rows (its gradient must be zeroed when writing, untouched when accumulating).
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(9);
+  const std::vector<int64_t> counts = {5, 0, 17, 9};
+  const int64_t S = 31, K = 24, N = 40;
+  const auto x = torch::randn({S, K}).to(torch::kBFloat16), dy = torch::randn({S, N}).to(torch::kBFloat16);
+  for (const auto grad_dtype : {torch::kBFloat16, torch::kFloat32}) {
+    for (const bool accumulate : {false, true}) {
+      const auto start = torch::randn({4, K, N}).to(grad_dtype);
+      auto cpu = start.clone(), gpu = start.to(torch::kCUDA);
+      raw::expert_weight_grad(x, dy, counts, cpu, accumulate);
+      raw::expert_weight_grad(x.to(torch::kCUDA), dy.to(torch::kCUDA), counts, gpu, accumulate);
+      const std::string what = std::string(grad_dtype == torch::kFloat32 ? "fp32" : "bf16") +
+                               (accumulate ? " accumulate" : " write");
+      EXPECT_LT(rel_l2(gpu.to(torch::kCPU, torch::kFloat32), cpu.to(torch::kFloat32)), 1e-2) << what;
+      if (accumulate) EXPECT_TRUE(torch::equal(gpu[1].cpu(), start[1])) << what;
+      else EXPECT_EQ(gpu[1].abs().max().item<double>(), 0.0) << what;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace switchyard::modules::kernels
