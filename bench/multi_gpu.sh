@@ -21,7 +21,7 @@ bin=build-gpu/bin
 echo "== $n GPUs: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 if has invariance; then
 echo "== 1. invariance (NCCL)"
-timeout 300 "${mpi[@]}" -np "$n" $bin/expert_parallel_test --gtest_filter='*Nccl*:*WorldSize*:*Hierarchical*:*Overlap*' \
+timeout 300 "${mpi[@]}" -np "$n" $bin/expert_parallel_test --gtest_color=no --gtest_filter='*Nccl*:*WorldSize*:*Hierarchical*:*Overlap*' \
   >"$out/nccl_invariance.log" 2>&1 && echo "passed" || { echo "FAILED"; tail -40 "$out/nccl_invariance.log"; }
 grep -E "^\[ +(OK|FAILED|SKIPPED) " "$out/nccl_invariance.log" | head -20
 fi
@@ -40,11 +40,13 @@ common=(--config configs/mixtral_like.yaml --set train.steps=$steps --set train.
         --set train.checkpoint_every=0)
 runs=("1 1")
 for c in $overlap; do runs+=("$n $c"); done
+global_batch=$(awk '/global_batch:/{print $2}' configs/mixtral_like.yaml)
 for run in "${runs[@]}"; do
   read -r ranks chunks <<<"$run"
   name="mgpu${ranks}_c$chunks"
+  micro=$(( global_batch / ranks < 8 ? global_batch / ranks : 8 ))  # same global batch at any rank count
   rm -rf "runs/$name"
-  timeout 400 "${mpi[@]}" -np "$ranks" $bin/switchyard train "${common[@]}" --set parallel.expert_parallel=$ranks \
+  timeout 400 "${mpi[@]}" -np "$ranks" $bin/switchyard train "${common[@]}" --set parallel.expert_parallel=$ranks --set train.micro_batch=$micro \
     --set parallel.overlap_chunks=$chunks --run-dir "runs/$name" --resume never >"$out/train_$name.log" 2>&1 ||
     { echo "train $name FAILED"; tail -5 "$out/train_$name.log"; }
   python3 - "runs/$name/metrics.jsonl" "$ranks" "$chunks" <<'PY'
