@@ -11,7 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
-#include <map>
+#include <set>
 #include <numeric>
 
 #include "core/build_info.h"
@@ -208,12 +208,15 @@ BinPricing price_bin(const PartitionProblem& pb, int32_t bin, const std::vector<
 PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionResult& start, double time_limit_s,
                                     double relative_gap) {
   const auto t_start = std::chrono::steady_clock::now();
+  // Column generation gets 75% of the time; the restricted master's integer program the rest.
+  const double cg_limit_s = 0.75 * time_limit_s;
   const auto deadline = t_start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                      std::chrono::duration<double>(time_limit_s));
+                                      std::chrono::duration<double>(cg_limit_s));
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(); };
   const bool debug = std::getenv("SWITCHYARD_PLAN_DEBUG") != nullptr;
   const int n_items = static_cast<int>(pb.items), bins = static_cast<int>(pb.bins);
   const int rows = n_items + bins;  // item i covered once; bin b gets one content
+  const bool start_feasible = !start.bin_of.empty() && pb.feasible(start.bin_of);
 
   // Columns: (bin, sorted content), each once. Artificial columns (one per row, a cost above any
   // assignment's) keep the master feasible before real columns cover every row.
@@ -223,7 +226,7 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
     double cost;
   };
   std::vector<Column> columns;
-  std::map<std::pair<int32_t, std::vector<int32_t>>, int> column_index;
+  std::set<std::pair<int32_t, std::vector<int32_t>>> seen;
   double big = 1;
   for (const auto& p : pb.patterns) big += p.weight * static_cast<double>(bins);
 
@@ -239,8 +242,7 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
     Clp_loadProblem(lp, rows, rows, start_idx.data(), row_idx.data(), ones.data(), lower.data(), upper.data(),
                     cost.data(), row_rhs.data(), row_rhs.data());
   }
-  const int artificial = rows;
-  // Adds (bin, set) unless present or over the load cap; true when added.
+  // Stages (bin, set) for the LP unless present or over the load cap; true when staged.
   std::vector<double> new_cost;
   std::vector<CoinBigIndex> new_start{0};
   std::vector<int> new_rows;
@@ -249,7 +251,7 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
     double load = 0;
     for (int32_t i : set) load += pb.load[i];
     if (load > pb.max_bin_load * (1 + 1e-9)) return false;
-    if (!column_index.emplace(std::make_pair(b, set), artificial + static_cast<int>(columns.size())).second) return false;
+    if (!seen.emplace(b, set).second) return false;
     columns.push_back({b, set, pb.bin_cost(b, set)});
     new_cost.push_back(columns.back().cost);
     for (int32_t i : set) new_rows.push_back(i);
@@ -292,7 +294,7 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
   std::vector<double> duals(rows), at(rows);
   int64_t total_nodes = 0;
   double lp_s = 0;
-  for (; elapsed() < time_limit_s; ++iteration) {
+  for (; elapsed() < cg_limit_s; ++iteration) {
     const double t_lp = elapsed();
     Clp_primal(lp, 0);
     lp_s += elapsed() - t_lp;
@@ -334,7 +336,7 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
       converged = true;
       break;
     }
-    if (!start.bin_of.empty() && start.cost - bound <= relative_gap * bound) break;  // the start is good enough
+    if (start_feasible && start.cost - bound <= relative_gap * bound) break;  // the start is good enough
     flush_columns();
   }
   flush_columns();

@@ -18,6 +18,28 @@ void round_to_bf16(torch::nn::Module& m) {
   for (auto& p : m.parameters()) p.copy_(p.to(torch::kBFloat16).to(torch::kFloat32));
 }
 
+/// fp32 values that bf16 represents exactly.
+torch::Tensor bf16_values(at::IntArrayRef shape) {
+  return torch::randn(shape).to(torch::kBFloat16).to(torch::kFloat32);
+}
+
+/// An MoE layer of 8 experts (d 64, hidden 128; top-1 for the bilevel router, else top-2) with
+/// bf16-representable weights.
+MoELayer small_layer(core::RouterKind router, int64_t shared_experts) {
+  core::ModelConfig cfg;
+  cfg.d_model = 64;
+  cfg.moe.num_experts = 8;
+  cfg.moe.top_k = router == core::RouterKind::kBilevel ? 1 : 2;
+  cfg.moe.router.kind = router;
+  cfg.moe.router.groups = 2;
+  cfg.moe.ffn_hidden = 128;
+  cfg.moe.shared_experts = shared_experts;
+  cfg.init_std = 0.05;
+  MoELayer layer(cfg, core::LossesConfig{}, 0, 3);
+  round_to_bf16(*layer);
+  return layer;
+}
+
 struct DeviceCase {
   torch::Dtype dtype;
   double tol;
@@ -36,19 +58,9 @@ TEST_F(GpuModules, MoELayerMatchesCpuValuesAndGradients) {
   for (auto router : {core::RouterKind::kTopK, core::RouterKind::kBilevel, core::RouterKind::kSigmoidBias}) {
     for (const auto& c : kCases) {
       torch::manual_seed(5);
-      core::ModelConfig cfg;
-      cfg.d_model = 64;
-      cfg.moe.num_experts = 8;
-      cfg.moe.top_k = router == core::RouterKind::kBilevel ? 1 : 2;
-      cfg.moe.router.kind = router;
-      cfg.moe.router.groups = 2;
-      cfg.moe.ffn_hidden = 128;
-      cfg.moe.shared_experts = 1;
-      cfg.init_std = 0.05;
-      MoELayer layer(cfg, core::LossesConfig{}, 0, 3);
-      round_to_bf16(*layer);
-      const auto x_cpu = torch::randn({512, 64}).to(torch::kBFloat16).to(torch::kFloat32).requires_grad_();
-      const auto probe = torch::randn({512, 64}).to(torch::kBFloat16).to(torch::kFloat32);
+      auto layer = small_layer(router, /*shared_experts=*/1);
+      const auto x_cpu = bf16_values({512, 64}).requires_grad_();
+      const auto probe = bf16_values({512, 64});
       auto ref = layer->forward(x_cpu);
       (ref.y * probe).sum().backward();
       std::vector<torch::Tensor> ref_grads;
@@ -75,16 +87,9 @@ TEST_F(GpuModules, AutocastGroupedExpertsAccumulateGradientsInPlace) {
   // write into the fp32 .grad themselves; two backward passes must accumulate to twice the CPU
   // gradient, and gradients reset to undefined must be recreated.
   torch::manual_seed(8);
-  core::ModelConfig cfg;
-  cfg.d_model = 64;
-  cfg.moe.num_experts = 8;
-  cfg.moe.top_k = 2;
-  cfg.moe.ffn_hidden = 128;
-  cfg.init_std = 0.05;
-  MoELayer layer(cfg, core::LossesConfig{}, 0, 3);
-  round_to_bf16(*layer);
-  const auto x_cpu = torch::randn({512, 64}).to(torch::kBFloat16).to(torch::kFloat32).requires_grad_();
-  const auto probe = torch::randn({512, 64}).to(torch::kBFloat16).to(torch::kFloat32);
+  auto layer = small_layer(core::RouterKind::kTopK, /*shared_experts=*/0);
+  const auto x_cpu = bf16_values({512, 64}).requires_grad_();
+  const auto probe = bf16_values({512, 64});
   (layer->forward(x_cpu).y * probe).sum().backward();
   std::vector<torch::Tensor> ref_grads;
   for (const auto& p : layer->parameters()) ref_grads.push_back(p.grad().clone());
