@@ -609,6 +609,13 @@ PartitionResult solve_ilp(const PartitionProblem& pb, const PartitionResult& sta
   // within the gap in a fraction of a second); the compact ILP gets the rest of the time otherwise.
   const auto t_start = std::chrono::steady_clock::now();
   auto sp = solve_set_partition(pb, start, 0.8 * time_limit_s, relative_gap);
+  if (sp.bound < 0) {
+    // The pricing never finished (bins of many items): the compact model of such a stage is larger
+    // still, and CBC's root (LP, triangle rounds, cuts) cannot be interrupted, so it would overrun the
+    // time limit many times over. Keep the assignment; costs are >= 0, so 0 is the bound.
+    sp.bound = 0;
+    return sp;
+  }
   if (sp.optimal || (sp.bound > 0 && sp.cost - sp.bound <= relative_gap * sp.bound)) return sp;
   const double left = time_limit_s - std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   if (left < 0.5) return sp;  // CBC would spend longer than this on the compact model's root alone

@@ -311,7 +311,12 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
       double lagrangian = std::accumulate(at.begin(), at.end(), 0.0);
       for (int b = 0; b < bins && complete; ++b) {
         ContentSearch search(pb, quadratic[b], price);
-        complete = search.run(at[n_items + b] - 1e-9, 8, kPricingNodeLimit, deadline);
+        // One search may take a fifth of the column generation's time: bins of many items can make the
+        // exact pricing too long, and the compact ILP then gets the time instead.
+        const auto search_deadline = std::min(
+            deadline, std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                              std::chrono::duration<double>(0.2 * cg_limit_s)));
+        complete = search.run(at[n_items + b] - 1e-9, 8, kPricingNodeLimit, search_deadline);
         total_nodes += search.nodes();
         if (!search.found().empty()) lagrangian += search.found().front().value - at[n_items + b];
         for (const auto& f : search.found())
@@ -342,7 +347,9 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
   flush_columns();
   if (debug)
     std::fprintf(stderr, "  colgen end: %d iterations, converged %d, lp %.5f, bound %.5f, columns %zu, %.2f s (lp %.2f s, %lld nodes)\n",
-                 iteration, static_cast<int>(converged), Clp_objectiveValue(lp), bound, columns.size(), elapsed(), lp_s, (long long)total_nodes);
+                 iteration, static_cast<int>(converged), Clp_objectiveValue(lp),
+                 bound > -std::numeric_limits<double>::max() ? bound : -1.0, columns.size(), elapsed(), lp_s,
+                 static_cast<long long>(total_nodes));
   Clp_deleteModel(lp);
 
   PartitionResult r = start;

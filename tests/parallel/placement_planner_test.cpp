@@ -255,6 +255,28 @@ TEST(PlacementPlanner, PlansAreValidBalancedAndBeatContiguousOnStructuredTraces)
   }
 }
 
+TEST(PlacementPlanner, LargeRankStagesGiveValidPlansWithValidBounds) {
+  // 64 experts over the 4 ranks of one node: one rank stage of 4 bins of 16, where the column
+  // generation's pricing may stop at its limits without a bound; the plan must stay valid, never worse
+  // than greedy, and the reported bound between 0 and the objective.
+  const auto trace = paired_trace(64, 4, 20000, 5);
+  PlannerOptions o;
+  o.topology = {4, 4};
+  o.time_limit_s = 3;
+  const auto report = plan_placement(trace, o);
+  ASSERT_EQ(report.layers.size(), 2u);
+  for (const auto& layer : report.layers) {
+    std::vector<int64_t> per_rank(4, 0);
+    for (int64_t r : layer.owner) ++per_rank.at(r);
+    EXPECT_EQ(per_rank, std::vector<int64_t>(4, 16));
+  }
+  EXPECT_LE(report.objective_greedy, report.objective_contiguous + 1e-9);
+  if (!ilp_available()) return;
+  EXPECT_LE(report.objective_ilp, report.objective_greedy + 1e-9);
+  EXPECT_GE(report.bound, 0);
+  EXPECT_LE(report.bound, report.objective_ilp + 1e-9);
+}
+
 TEST(PlacementPlanner, StatisticsCountLoadsPairsAndTransitions) {
   RoutingTrace trace;
   trace.num_experts = 3;
