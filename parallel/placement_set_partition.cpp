@@ -312,7 +312,7 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
       for (int b = 0; b < bins && complete; ++b) {
         ContentSearch search(pb, quadratic[b], price);
         // One search may take a fifth of the column generation's time: bins of many items can make the
-        // exact pricing too long, and the compact ILP then gets the time instead.
+        // exact pricing too long, and the stage then keeps its assignment (solve_ilp).
         const auto search_deadline = std::min(
             deadline, std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                               std::chrono::duration<double>(0.2 * cg_limit_s)));
