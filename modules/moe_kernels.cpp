@@ -81,6 +81,10 @@ void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const s
   SY_CHECK(x.scalar_type() == dy.scalar_type() &&
                (grad.scalar_type() == x.scalar_type() || grad.scalar_type() == torch::kFloat32),
            "expert_weight_grad: x and dy of one dtype, grad that dtype or fp32");
+  // Before any GEMM: counts that overrun x would read past its rows.
+  int64_t rows = 0;
+  for (int64_t c : counts) rows += c;
+  SY_CHECK(rows == x.size(0), "expert_weight_grad: counts sum to ", rows, " but x has ", x.size(0), " rows");
   if (x.is_cuda()) {
 #if SWITCHYARD_WITH_CUDA
     cuda::expert_weight_grad(x, dy, counts, grad, accumulate);
@@ -97,7 +101,6 @@ void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const s
     else g.copy_(prod);
     offset += counts[e];
   }
-  SY_CHECK(offset == x.size(0), "expert_weight_grad: counts sum to ", offset, " but x has ", x.size(0), " rows");
 }
 
 }  // namespace raw
