@@ -205,6 +205,33 @@ BinPricing price_bin(const PartitionProblem& pb, int32_t bin, const std::vector<
 
 #if SWITCHYARD_HAS_CBC
 
+namespace {
+
+/// A master column: bin `bin` holds `set` (sorted) at `cost` = bin_cost(bin, set).
+struct Column {
+  int32_t bin;
+  std::vector<int32_t> set;
+  double cost;
+};
+
+/// Columns in the packed column-major form Clp and CBC load: a column covers its items' rows (0 ..
+/// items - 1) and its bin's row (items + bin), each with coefficient 1.
+struct ColumnArrays {
+  std::vector<double> cost, coef;
+  std::vector<CoinBigIndex> start{0};
+  std::vector<int> rows;
+  void append(const Column& c, int n_items) {
+    cost.push_back(c.cost);
+    rows.insert(rows.end(), c.set.begin(), c.set.end());
+    rows.push_back(n_items + c.bin);
+    coef.resize(rows.size(), 1.0);
+    start.push_back(static_cast<CoinBigIndex>(rows.size()));
+  }
+  int count() const { return static_cast<int>(cost.size()); }
+};
+
+}  // namespace
+
 PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionResult& start, double time_limit_s,
                                     double relative_gap) {
   const auto t_start = std::chrono::steady_clock::now();
@@ -220,11 +247,6 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
 
   // Columns: (bin, sorted content), each once. Artificial columns (one per row, a cost above any
   // assignment's) keep the master feasible before real columns cover every row.
-  struct Column {
-    int32_t bin;
-    std::vector<int32_t> set;
-    double cost;
-  };
   std::vector<Column> columns;
   std::set<std::pair<int32_t, std::vector<int32_t>>> seen;
   double big = 1;
@@ -242,34 +264,24 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
     Clp_loadProblem(lp, rows, rows, start_idx.data(), row_idx.data(), ones.data(), lower.data(), upper.data(),
                     cost.data(), row_rhs.data(), row_rhs.data());
   }
-  // Stages (bin, set) for the LP unless present or over the load cap; true when staged.
-  std::vector<double> new_cost;
-  std::vector<CoinBigIndex> new_start{0};
-  std::vector<int> new_rows;
-  std::vector<double> new_coef;
-  auto stage_column = [&](int32_t b, const std::vector<int32_t>& set) {
+  // Stages (bin, set) at `cost` for the LP unless present or over the load cap; true when staged.
+  ColumnArrays staged;
+  auto stage_column = [&](int32_t b, const std::vector<int32_t>& set, double cost) {
     double load = 0;
     for (int32_t i : set) load += pb.load[i];
     if (load > pb.max_bin_load * (1 + 1e-9)) return false;
     if (!seen.emplace(b, set).second) return false;
-    columns.push_back({b, set, pb.bin_cost(b, set)});
-    new_cost.push_back(columns.back().cost);
-    for (int32_t i : set) new_rows.push_back(i);
-    new_rows.push_back(n_items + b);
-    new_coef.resize(new_rows.size(), 1.0);
-    new_start.push_back(static_cast<CoinBigIndex>(new_rows.size()));
+    columns.push_back({b, set, cost});
+    staged.append(columns.back(), n_items);
     return true;
   };
   auto flush_columns = [&] {
-    const int count = static_cast<int>(new_cost.size());
+    const int count = staged.count();
     if (count == 0) return;
     std::vector<double> lower(count, 0.0), upper(count, std::numeric_limits<double>::max());
-    Clp_addColumns(lp, count, lower.data(), upper.data(), new_cost.data(), new_start.data(), new_rows.data(),
-                   new_coef.data());
-    new_cost.clear();
-    new_start.assign(1, 0);
-    new_rows.clear();
-    new_coef.clear();
+    Clp_addColumns(lp, count, lower.data(), upper.data(), staged.cost.data(), staged.start.data(), staged.rows.data(),
+                   staged.coef.data());
+    staged = ColumnArrays();
   };
   // The start's contents, each offered to every bin.
   std::vector<std::vector<int32_t>> start_sets(bins);
@@ -277,7 +289,7 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
     for (int i = 0; i < n_items; ++i) start_sets[start.bin_of[i]].push_back(i);
   for (const auto& set : start_sets)
     if (static_cast<int64_t>(set.size()) == pb.items / pb.bins)
-      for (int b = 0; b < bins; ++b) stage_column(b, set);
+      for (int b = 0; b < bins; ++b) stage_column(b, set, pb.bin_cost(b, set));
   flush_columns();
 
   std::vector<BinQuadratic> quadratic;
@@ -321,9 +333,10 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
         if (!search.found().empty()) lagrangian += search.found().front().value - at[n_items + b];
         for (const auto& f : search.found())
           for (int b2 = 0; b2 < bins; ++b2) {  // a good content for one bin is often good for another
-            double reduced = pb.bin_cost(b2, f.set) - duals[n_items + b2];
+            const double cost = pb.bin_cost(b2, f.set);
+            double reduced = cost - duals[n_items + b2];
             for (int32_t i : f.set) reduced -= duals[i];
-            if (reduced < -1e-9 && stage_column(b2, f.set)) ++added;
+            if (reduced < -1e-9 && stage_column(b2, f.set, cost)) ++added;
           }
       }
       if (!complete) break;
@@ -358,19 +371,12 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
   // An assignment from the generated columns: the restricted master as an integer program in CBC.
   if (!columns.empty() && elapsed() < time_limit_s) {
     const int cols = static_cast<int>(columns.size());
-    std::vector<CoinBigIndex> col_start{0};
-    std::vector<int> col_row;
-    std::vector<double> col_coef, lower(cols, 0.0), upper(cols, 1.0), cost(cols), row_rhs(rows, 1.0);
-    for (int c = 0; c < cols; ++c) {
-      for (int32_t i : columns[c].set) col_row.push_back(i);
-      col_row.push_back(n_items + columns[c].bin);
-      col_coef.resize(col_row.size(), 1.0);
-      col_start.push_back(static_cast<CoinBigIndex>(col_row.size()));
-      cost[c] = columns[c].cost;
-    }
+    ColumnArrays all;
+    for (const auto& c : columns) all.append(c, n_items);
+    std::vector<double> lower(cols, 0.0), upper(cols, 1.0), row_rhs(rows, 1.0);
     Cbc_Model* ip = Cbc_newModel();
-    Cbc_loadProblem(ip, cols, rows, col_start.data(), col_row.data(), col_coef.data(), lower.data(), upper.data(),
-                    cost.data(), row_rhs.data(), row_rhs.data());
+    Cbc_loadProblem(ip, cols, rows, all.start.data(), all.rows.data(), all.coef.data(), lower.data(), upper.data(),
+                    all.cost.data(), row_rhs.data(), row_rhs.data());
     for (int c = 0; c < cols; ++c) Cbc_setInteger(ip, c);
     Cbc_setLogLevel(ip, 0);
     Cbc_setMaximumSeconds(ip, std::max(0.05, time_limit_s - elapsed()));
