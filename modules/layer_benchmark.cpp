@@ -2,12 +2,14 @@
 // FLOP count (useful work: 2 T (k 3 d F + 3 d F_shared + d E) forward, 3x that forward+backward).
 #include "modules/layer_benchmark.h"
 
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <vector>
@@ -110,10 +112,32 @@ double check_against_fp32(const core::Config& c, const torch::Device& device, in
   return worst;
 }
 
+/// Runs `fn` under the Kineto profiler (host ops, and CUDA kernels on a CUDA device) and writes the
+/// Chrome trace to `path`.
+void write_profile(const std::string& path, const torch::Device& device, const std::function<void()>& fn) {
+  namespace prof = torch::profiler::impl;
+  const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
+  std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+  if (device.is_cuda()) activities.insert(prof::ActivityType::CUDA);
+  torch::autograd::profiler::prepareProfiler(config, activities);
+  torch::autograd::profiler::enableProfiler(config, activities);
+  fn();
+  synchronize(device);
+  const auto result = torch::autograd::profiler::disableProfiler();
+  try {
+    result->save(path);
+  } catch (const c10::Error& e) {
+    std::remove(path.c_str());
+    throw UsageError(std::string("--profile: no trace written (") + e.what_without_backtrace() + ")");
+  }
+}
+
 }  // namespace
 
 void run_layer_benchmark(const LayerBenchOptions& options) {
   const Preset p = preset_of(options.preset);
+  SY_CHECK_AS(UsageError, options.profile_path.empty() || std::ofstream(options.profile_path).good(),
+              "--profile: cannot write ", options.profile_path);
   const auto c = layer_config(p);
   SY_CHECK_AS(UsageError, options.device == "cpu" || torch::cuda::is_available(), "--device cuda: no CUDA device");
   const torch::Device device = options.device == "cuda" ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
@@ -136,13 +160,14 @@ void run_layer_benchmark(const LayerBenchOptions& options) {
     torch::NoGradGuard no_grad;
     layer->forward(x);
   });
-  const double fwdbwd_ms = median_ms(device, options.warmup, options.iters, [&] {
+  const auto fwdbwd = [&] {
     if (options.reset_grads) {
       for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
       x.mutable_grad() = torch::Tensor();
     }
     layer->forward(x).y.to(torch::kFloat32).square().mean().backward();
-  });
+  };
+  const double fwdbwd_ms = median_ms(device, options.warmup, options.iters, fwdbwd);
   double peak_gib = -1;
 #if SWITCHYARD_WITH_CUDA
   if (device.is_cuda()) {
@@ -158,6 +183,11 @@ void run_layer_benchmark(const LayerBenchOptions& options) {
       fwdbwd_ms, flops / fwd_ms / 1e9, 3 * flops / fwdbwd_ms / 1e9, peak_gib, static_cast<long long>(options.check_tokens),
       check, options.reset_grads ? "reset" : "accumulate");
   std::fflush(stdout);
+  if (!options.profile_path.empty()) {
+    write_profile(options.profile_path, device, [&] {
+      for (int i = 0; i < options.profile_iters; ++i) fwdbwd();
+    });
+  }
   SY_CHECK_AS(InternalError, check < 1e-2, "bench layer: bf16 output or gradients differ from the fp32 reference by ",
               check, " (relative L2; limit 1e-2)");
 }

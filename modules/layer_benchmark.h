@@ -17,6 +17,10 @@ struct LayerBenchOptions {
   /// false: gradients accumulate into .grad across iterations, as the peer script's loop does;
   /// true: they are reset before each iteration, as a training step (zero_grad) does.
   bool reset_grads = false;
+  /// Non-empty: after timing, profile `profile_iters` forward+backward iterations (Kineto: host ops
+  /// and, on CUDA, every kernel) and write the Chrome trace (chrome://tracing, Perfetto) to this file.
+  std::string profile_path;
+  int profile_iters = 3;
 };
 
 /// Prints one JSON line: fwd_ms, fwdbwd_ms, fwd_tflops, fwdbwd_tflops, peak_mem_gib (CUDA), and the

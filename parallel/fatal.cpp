@@ -23,7 +23,9 @@ int report_fatal(const std::exception& e) noexcept {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
   }
-  const std::string what = e.what();
+  // One line: LibTorch's errors (c10::Error) carry a C++ backtrace after the message.
+  std::string what = e.what();
+  what = what.substr(0, what.find('\n'));
   if (size > 1 && what.rfind("[rank ", 0) != 0) {
     std::fprintf(stderr, "error: [rank %d] %s\n", rank, what.c_str());
   } else {

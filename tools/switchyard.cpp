@@ -150,6 +150,10 @@ int run(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   layer_cmd->add_flag("--reset-grads", layer_bench.reset_grads,
                       "reset .grad before each iteration (a training step) instead of accumulating (the peer's loop)");
+  layer_cmd->add_option("--profile", layer_bench.profile_path,
+                        "after timing, write a Chrome trace (Kineto: host ops and CUDA kernels) of forward+backward here");
+  layer_cmd->add_option("--profile-iters", layer_bench.profile_iters, "forward+backward iterations in the --profile trace")
+      ->check(CLI::PositiveNumber);
 
   try {
     app.parse(argc, argv);
