@@ -15,6 +15,7 @@ torch::Tensor swiglu_forward(const torch::Tensor& h);
 torch::Tensor swiglu_backward(const torch::Tensor& grad_out, const torch::Tensor& h);
 void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const std::vector<int64_t>& counts,
                         torch::Tensor& grad, bool accumulate);
+torch::Tensor expert_input_grad(const torch::Tensor& dy, const torch::Tensor& w, const std::vector<int64_t>& counts);
 }  // namespace cuda
 #define SY_ON_CUDA(tensor, call) \
   if ((tensor).is_cuda()) return cuda::call
@@ -101,6 +102,24 @@ void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const s
     else g.copy_(prod);
     offset += counts[e];
   }
+}
+
+torch::Tensor expert_input_grad(const torch::Tensor& dy, const torch::Tensor& w, const std::vector<int64_t>& counts) {
+  SY_CHECK(dy.dim() == 2 && w.dim() == 3 && w.size(0) == static_cast<int64_t>(counts.size()) && w.size(2) == dy.size(1),
+           "expert_input_grad: dy [S, N] and w [E, K, N] expected, got ", dy.sizes(), ", ", w.sizes());
+  SY_CHECK(dy.scalar_type() == w.scalar_type(), "expert_input_grad: dy and w of one dtype");
+  int64_t rows = 0;
+  for (int64_t c : counts) rows += c;
+  SY_CHECK(rows == dy.size(0), "expert_input_grad: counts sum to ", rows, " but dy has ", dy.size(0), " rows");
+  SY_ON_CUDA(dy, expert_input_grad(dy, w, counts));
+  auto dx = torch::empty({dy.size(0), w.size(1)}, dy.options());
+  int64_t offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    const auto w_e = w[static_cast<int64_t>(e)].to(acc(dy));
+    dx.narrow(0, offset, counts[e]).copy_(dy.narrow(0, offset, counts[e]).to(acc(dy)).mm(w_e.t()));
+    offset += counts[e];
+  }
+  return dx;
 }
 
 }  // namespace raw

@@ -272,4 +272,32 @@ void expert_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in, const s
   }
 }
 
+at::Tensor expert_input_grad(const at::Tensor& dy_in, const at::Tensor& w_in, const std::vector<int64_t>& counts) {
+  c10::cuda::CUDAGuard guard(dy_in.device());
+  TORCH_CHECK(dy_in.scalar_type() == at::kBFloat16, "expert_input_grad: bf16 operands expected on CUDA");
+  const auto dy = dy_in.contiguous(), w = w_in.contiguous();
+  const int64_t K = w.size(1), N = w.size(2);
+  auto dx = at::empty({dy.size(0), K}, dy.options());
+  // Row-major dx_e [n, K] is column-major [K, n] = w_e^T dy_e^T: w_e row-major [K, N] is column-major
+  // [N, K] (op T, ld N), dy_e row-major [n, N] is column-major [N, n] (op N, ld N).
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  const float alpha = 1.0f, beta = 0.0f;
+  const auto* dy_ptr = static_cast<const char*>(dy.data_ptr());
+  const auto* w_ptr = static_cast<const char*>(w.data_ptr());
+  auto* dx_ptr = static_cast<char*>(dx.data_ptr());
+  int64_t offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    const int64_t n = counts[e];
+    if (n > 0) {
+      TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(K), static_cast<int>(n),
+                                        static_cast<int>(N), &alpha, w_ptr + static_cast<int64_t>(e) * K * N * 2,
+                                        CUDA_R_16BF, static_cast<int>(N), dy_ptr + offset * N * 2, CUDA_R_16BF,
+                                        static_cast<int>(N), &beta, dx_ptr + offset * K * 2, CUDA_R_16BF,
+                                        static_cast<int>(K), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    offset += n;
+  }
+  return dx;
+}
+
 }  // namespace switchyard::modules::kernels::cuda

@@ -134,5 +134,35 @@ TEST(MoeKernels, CudaExpertWeightGradMatchesTheCpuReference) {
   }
 }
 
+TEST(MoeKernels, ExpertInputGradIsTheGroupedGemmsInputGradient) {
+  // dx_e = dy_e w_e^T against autograd's gradient of the per-expert products x_e w_e, with an expert
+  // that has no rows.
+  torch::manual_seed(10);
+  const std::vector<int64_t> counts = {6, 0, 11, 4};
+  const int64_t S = 21, K = 12, N = 20;
+  const auto w = torch::randn({4, K, N}, torch::kFloat64);
+  const auto x = torch::randn({S, K}, torch::kFloat64).requires_grad_();
+  const auto dy = torch::randn({S, N}, torch::kFloat64);
+  std::vector<torch::Tensor> parts;
+  int64_t offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    parts.push_back(x.narrow(0, offset, counts[e]).mm(w[static_cast<int64_t>(e)]));
+    offset += counts[e];
+  }
+  (torch::cat(parts, 0) * dy).sum().backward();
+  EXPECT_LT(rel_l2(raw::expert_input_grad(dy, w, counts), x.grad()), 1e-12);
+  EXPECT_THROW(raw::expert_input_grad(dy, w, {6, 0, 11, 5}), std::exception);  // counts past dy's rows
+}
+
+TEST(MoeKernels, CudaExpertInputGradMatchesTheCpuReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(11);
+  const std::vector<int64_t> counts = {5, 0, 17, 9};
+  const auto dy = torch::randn({31, 40}).to(torch::kBFloat16), w = torch::randn({4, 24, 40}).to(torch::kBFloat16);
+  const auto cpu = raw::expert_input_grad(dy, w, counts);
+  const auto gpu = raw::expert_input_grad(dy.to(torch::kCUDA), w.to(torch::kCUDA), counts);
+  EXPECT_LT(rel_l2(gpu.to(torch::kCPU, torch::kFloat32), cpu.to(torch::kFloat32)), 1e-2);
+}
+
 }  // namespace
 }  // namespace switchyard::modules::kernels
