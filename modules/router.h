@@ -61,6 +61,11 @@ class RouterImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Router);
 
+/// fp32 router logits x w^T [T, E] for x [T, d] and a gate w [E, d] (double stays double). Bf16 x on
+/// CUDA takes bf16 GEMMs accumulating and writing in fp32, with fp32 operands split into two bf16
+/// terms (no fp32 copy of x); elsewhere x and w are cast to fp32 first.
+torch::Tensor router_logits(const torch::Tensor& x, const torch::Tensor& w);
+
 /// Capacity per expert: ceil(capacity_factor * k * T / E), or -1 (no limit) when capacity_factor <= 0.
 int64_t expert_capacity(double capacity_factor, int64_t top_k, int64_t num_tokens, int64_t num_experts);
 

@@ -5,6 +5,7 @@
 
 #include "modules/autocast.h"
 #include "modules/moe_layer.h"
+#include "modules/router.h"
 #include "modules/transformer.h"
 #include "tests/test_util.h"
 
@@ -109,6 +110,32 @@ TEST_F(GpuModules, AutocastGroupedExpertsAccumulateGradientsInPlace) {
       EXPECT_EQ(g.scalar_type(), torch::kFloat32) << params[i].key();
       EXPECT_LT(rel_l2(g, 2 * ref_grads[i]), 2e-2) << params[i].key() << (reset ? " from undefined" : " from zeros");
     }
+  }
+}
+
+TEST_F(GpuModules, RouterLogitsFromBf16ActivationsKeepFp32Accuracy) {
+  // bf16 x on CUDA takes bf16 GEMMs with fp32 accumulation and fp32 operands split into two bf16
+  // terms: logits and the gate's gradient must match double precision to ~1e-5 (casting the fp32
+  // gate or the logits' gradient to bf16 instead would give ~2e-3); x's gradient is bf16.
+  torch::manual_seed(12);
+  const auto x64 = bf16_values({300, 64}).to(torch::kFloat64);
+  const auto g64 = torch::randn({300, 8}, torch::kFloat64);
+  for (const auto w_dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const auto w64 = torch::randn({8, 64}, torch::kFloat64).to(w_dtype).to(torch::kFloat64).requires_grad_();
+    const auto x_ref = x64.clone().requires_grad_();
+    const auto ref = router_logits(x_ref, w64);
+    (ref * g64).sum().backward();
+    const auto w = w64.detach().to(torch::kCUDA, w_dtype).requires_grad_();
+    const auto x = x64.to(torch::kCUDA, torch::kBFloat16).requires_grad_();
+    const auto logits = router_logits(x, w);
+    (logits * g64.to(torch::kCUDA, torch::kFloat32)).sum().backward();
+    const std::string what = w_dtype == torch::kFloat32 ? "fp32 gate" : "bf16 gate";
+    EXPECT_EQ(logits.scalar_type(), torch::kFloat32) << what;
+    EXPECT_LT(rel_l2(logits, ref), 1e-5) << what;
+    // A bf16 gate's gradient is bf16 (its rounding, ~2e-3, is the whole error).
+    EXPECT_LT(rel_l2(w.grad(), w64.grad()), w_dtype == torch::kFloat32 ? 1e-5 : 5e-3) << what;
+    EXPECT_EQ(x.grad().scalar_type(), torch::kBFloat16) << what;
+    EXPECT_LT(rel_l2(x.grad(), x_ref.grad()), 5e-3) << what;
   }
 }
 
