@@ -51,7 +51,7 @@ struct HostCounts : torch::CustomClassHolder {
 
 /// Mean rows per expert from which the input gradient takes per-expert cuBLAS GEMMs: on H100,
 /// mixtral_like (~4,100 rows per expert) measured 56.9 -> 55.9 ms forward+backward with them (the
-/// [d, F] projection's input gradient: 5.97 -> 5.24 ms); deepseek_like (~1,540) no faster (15.1-15.2 ms
+/// down projection's input gradient: 5.97 -> 5.24 ms); deepseek_like (~1,540) no faster (15.1-15.2 ms
 /// either way), where one grouped launch beats 64 small ones.
 constexpr int64_t kPerExpertInputGradRows = 2048;
 
