@@ -49,17 +49,22 @@ class RouterLogitsFn : public torch::autograd::Function<RouterLogitsFn> {
     const auto& w = saved[1];
     const int64_t E = w.size(0);
     const auto g = bf16_terms(grads[0].to(torch::kFloat32));  // {hi, lo}
-    const auto w_terms = bf16_terms(w);
-    // dx = g w: g_hi w_hi + g_lo w_hi (+ g_hi w_lo), one GEMM over the concatenated terms, in bf16.
-    std::vector<torch::Tensor> left{g[0], g[1]}, right{w_terms[0], w_terms[0]};
-    if (w_terms.size() == 2) {
-      left.push_back(g[0]);
-      right.push_back(w_terms[1]);
+    torch::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) {
+      // dx = g w: g_hi w_hi + g_lo w_hi (+ g_hi w_lo), one GEMM over the concatenated terms, in bf16.
+      const auto w_terms = bf16_terms(w);
+      std::vector<torch::Tensor> left{g[0], g[1]}, right{w_terms[0], w_terms[0]};
+      if (w_terms.size() == 2) {
+        left.push_back(g[0]);
+        right.push_back(w_terms[1]);
+      }
+      dx = torch::cat(left, 1).mm(torch::cat(right, 0));
     }
-    const auto dx = torch::cat(left, 1).mm(torch::cat(right, 0));
-    // dw = g^T x: (g_hi + g_lo)^T x in fp32.
-    const auto both = at::mm(torch::cat(g, 1).t(), x, torch::kFloat32);  // [2E, d]
-    const auto dw = (both.narrow(0, 0, E) + both.narrow(0, E, E)).to(w.scalar_type());
+    if (ctx->needs_input_grad(1)) {
+      // dw = g^T x: (g_hi + g_lo)^T x in fp32.
+      const auto both = at::mm(torch::cat(g, 1).t(), x, torch::kFloat32);  // [2E, d]
+      dw = (both.narrow(0, 0, E) + both.narrow(0, E, E)).to(w.scalar_type());
+    }
     return {dx, dw};
   }
 };
