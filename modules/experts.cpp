@@ -24,6 +24,12 @@ torch::Tensor apply_activation(const torch::Tensor& h, int64_t hidden, core::Exp
   return torch::gelu(h);
 }
 
+/// One MLP: activation(x w_in) w_out (an expert's slice of the batched weights, or the dense MLP).
+torch::Tensor mlp(const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& w_out, int64_t hidden,
+                  core::ExpertKind kind) {
+  return apply_activation(x.matmul(w_in), hidden, kind).matmul(w_out);
+}
+
 int64_t in_width(int64_t hidden, core::ExpertKind kind) {
   return kind == core::ExpertKind::kSwiGLU ? 2 * hidden : hidden;
 }
@@ -128,7 +134,7 @@ ExpertsImpl::ExpertsImpl(std::vector<int64_t> expert_ids, int64_t d_model, int64
 torch::Tensor ExpertsImpl::activate(const torch::Tensor& h) const { return apply_activation(h, hidden_, kind_); }
 
 torch::Tensor ExpertsImpl::expert_forward(int64_t local_idx, const torch::Tensor& x) {
-  return activate(x.matmul(w_in[local_idx])).matmul(w_out[local_idx]);
+  return mlp(x, w_in[local_idx], w_out[local_idx], hidden_, kind_);
 }
 
 torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens_per_expert) {
@@ -145,10 +151,12 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   if (x.is_cuda() && aligned && (x.scalar_type() == torch::kBFloat16 || autocast_bf16)) {
     const auto counts = tokens_per_expert.to(x.device(), torch::kInt64);
     const auto offs = counts.cumsum(0).to(torch::kInt32);
+    // A weight being trained takes GroupedLinearFn, whose backward needs the counts on the host.
     const auto trained = [&](const torch::Tensor& w) { return torch::GradMode::is_enabled() && w.requires_grad() && w.is_leaf(); };
-    const auto host_counts = trained(w_in) || trained(w_out) ? c10::make_intrusive<HostCounts>(counts) : nullptr;
-    const auto h = grouped_linear(x.to(torch::kBFloat16), w_in, offs, trained(w_in) ? host_counts : nullptr);
-    return grouped_linear(activate(h), w_out, offs, trained(w_out) ? host_counts : nullptr);
+    const bool train_in = trained(w_in), train_out = trained(w_out);
+    const auto host_counts = train_in || train_out ? c10::make_intrusive<HostCounts>(counts) : nullptr;
+    const auto h = grouped_linear(x.to(torch::kBFloat16), w_in, offs, train_in ? host_counts : nullptr);
+    return grouped_linear(activate(h), w_out, offs, train_out ? host_counts : nullptr);
   }
 #endif
   const auto counts = tokens_per_expert.to(torch::kCPU, torch::kInt64);
@@ -160,7 +168,7 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   outputs.reserve(num_local());
   int64_t offset = 0;
   for (int64_t i = 0; i < num_local(); ++i) {
-    if (n[i] > 0) outputs.push_back(activate(x.narrow(0, offset, n[i]).matmul(w_ins[i])).matmul(w_outs[i]));
+    if (n[i] > 0) outputs.push_back(mlp(x.narrow(0, offset, n[i]), w_ins[i], w_outs[i], hidden_, kind_));
     offset += n[i];
   }
   SY_ASSERT(offset == x.size(0), "token counts sum to ", offset, " but x has ", x.size(0), " rows");
@@ -175,7 +183,7 @@ MlpImpl::MlpImpl(int64_t d_model, int64_t hidden, core::ExpertKind kind, double 
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  return apply_activation(x.matmul(w_in), hidden_, kind_).matmul(w_out);
+  return mlp(x, w_in, w_out, hidden_, kind_);
 }
 
 }  // namespace switchyard::modules

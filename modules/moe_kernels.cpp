@@ -30,6 +30,13 @@ namespace {
 torch::ScalarType acc(const torch::Tensor& t) {
   return t.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
 }
+
+/// Before any per-expert GEMM: counts that do not sum to the rows would read past them.
+void check_counts_cover(const std::vector<int64_t>& counts, int64_t rows, const char* what) {
+  int64_t sum = 0;
+  for (int64_t c : counts) sum += c;
+  SY_CHECK(sum == rows, what, " has ", rows, " rows but the counts sum to ", sum);
+}
 }  // namespace
 
 torch::Tensor gather_sum(const torch::Tensor& rows, const torch::Tensor& scale, const torch::Tensor& row_of_slot) {
@@ -82,18 +89,8 @@ void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const s
   SY_CHECK(x.scalar_type() == dy.scalar_type() &&
                (grad.scalar_type() == x.scalar_type() || grad.scalar_type() == torch::kFloat32),
            "expert_weight_grad: x and dy of one dtype, grad that dtype or fp32");
-  // Before any GEMM: counts that overrun x would read past its rows.
-  int64_t rows = 0;
-  for (int64_t c : counts) rows += c;
-  SY_CHECK(rows == x.size(0), "expert_weight_grad: counts sum to ", rows, " but x has ", x.size(0), " rows");
-  if (x.is_cuda()) {
-#if SWITCHYARD_WITH_CUDA
-    cuda::expert_weight_grad(x, dy, counts, grad, accumulate);
-    return;
-#else
-    SY_CHECK(false, "expert_weight_grad: CUDA tensor, but Switchyard was built without CUDA");
-#endif
-  }
+  check_counts_cover(counts, x.size(0), "expert_weight_grad: x");
+  SY_ON_CUDA(x, expert_weight_grad(x, dy, counts, grad, accumulate));
   int64_t offset = 0;
   for (size_t e = 0; e < counts.size(); ++e) {
     auto g = grad[static_cast<int64_t>(e)];
@@ -108,9 +105,7 @@ torch::Tensor expert_input_grad(const torch::Tensor& dy, const torch::Tensor& w,
   SY_CHECK(dy.dim() == 2 && w.dim() == 3 && w.size(0) == static_cast<int64_t>(counts.size()) && w.size(2) == dy.size(1),
            "expert_input_grad: dy [S, N] and w [E, K, N] expected, got ", dy.sizes(), ", ", w.sizes());
   SY_CHECK(dy.scalar_type() == w.scalar_type(), "expert_input_grad: dy and w of one dtype");
-  int64_t rows = 0;
-  for (int64_t c : counts) rows += c;
-  SY_CHECK(rows == dy.size(0), "expert_input_grad: counts sum to ", rows, " but dy has ", dy.size(0), " rows");
+  check_counts_cover(counts, dy.size(0), "expert_input_grad: dy");
   SY_ON_CUDA(dy, expert_input_grad(dy, w, counts));
   auto dx = torch::empty({dy.size(0), w.size(1)}, dy.options());
   int64_t offset = 0;

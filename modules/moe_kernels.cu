@@ -150,6 +150,17 @@ void with_vector_width(int width, Launch&& launch) {
   else launch(std::integral_constant<int, 1>());
 }
 
+/// C = op(A) op(B) + beta C on the current stream, column-major as cuBLAS sees it: A and B bf16, C bf16
+/// or fp32, products summed in fp32.
+void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int64_t m, int64_t n, int64_t k, const void* a,
+               int64_t lda, const void* b, int64_t ldb, float beta, void* c, cudaDataType_t c_type, int64_t ldc) {
+  const float alpha = 1.0f;
+  TORCH_CUDABLAS_CHECK(cublasGemmEx(at::cuda::getCurrentCUDABlasHandle(), op_a, op_b, static_cast<int>(m),
+                                    static_cast<int>(n), static_cast<int>(k), &alpha, a, CUDA_R_16BF,
+                                    static_cast<int>(lda), b, CUDA_R_16BF, static_cast<int>(ldb), &beta, c, c_type,
+                                    static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 }  // namespace
 
 at::Tensor gather_sum(const at::Tensor& rows_in, const at::Tensor& scale_in, const at::Tensor& row_of_slot_in) {
@@ -250,8 +261,6 @@ void expert_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in, const s
   const size_t grad_elem = fp32_grad ? 4 : 2;
   // Row-major grad[e] [K, N] is column-major [N, K]: grad[e]^T = dy_e^T x_e, i.e. C = A B^T with A = dy_e
   // (column-major [N, n_e], ld N) and B = x_e (column-major [K, n_e], ld K).
-  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
-  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const auto* dy_ptr = static_cast<const char*>(dy.data_ptr());
   const auto* x_ptr = static_cast<const char*>(x.data_ptr());
   auto* grad_ptr = static_cast<char*>(grad.data_ptr());
@@ -263,11 +272,8 @@ void expert_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in, const s
       if (!accumulate) C10_CUDA_CHECK(cudaMemsetAsync(c, 0, K * N * grad_elem, at::cuda::getCurrentCUDAStream()));
       continue;
     }
-    TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(N), static_cast<int>(K),
-                                      static_cast<int>(n), &alpha, dy_ptr + offset * N * 2, CUDA_R_16BF,
-                                      static_cast<int>(N), x_ptr + offset * K * 2, CUDA_R_16BF, static_cast<int>(K),
-                                      &beta, c, fp32_grad ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(N),
-                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, N, K, n, dy_ptr + offset * N * 2, N, x_ptr + offset * K * 2, K,
+              accumulate ? 1.0f : 0.0f, c, fp32_grad ? CUDA_R_32F : CUDA_R_16BF, N);
     offset += n;
   }
 }
@@ -280,8 +286,6 @@ at::Tensor expert_input_grad(const at::Tensor& dy_in, const at::Tensor& w_in, co
   auto dx = at::empty({dy.size(0), K}, dy.options());
   // Row-major dx_e [n, K] is column-major [K, n] = w_e^T dy_e^T: w_e row-major [K, N] is column-major
   // [N, K] (op T, ld N), dy_e row-major [n, N] is column-major [N, n] (op N, ld N).
-  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
-  const float alpha = 1.0f, beta = 0.0f;
   const auto* dy_ptr = static_cast<const char*>(dy.data_ptr());
   const auto* w_ptr = static_cast<const char*>(w.data_ptr());
   auto* dx_ptr = static_cast<char*>(dx.data_ptr());
@@ -289,11 +293,8 @@ at::Tensor expert_input_grad(const at::Tensor& dy_in, const at::Tensor& w_in, co
   for (size_t e = 0; e < counts.size(); ++e) {
     const int64_t n = counts[e];
     if (n > 0) {
-      TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(K), static_cast<int>(n),
-                                        static_cast<int>(N), &alpha, w_ptr + static_cast<int64_t>(e) * K * N * 2,
-                                        CUDA_R_16BF, static_cast<int>(N), dy_ptr + offset * N * 2, CUDA_R_16BF,
-                                        static_cast<int>(N), &beta, dx_ptr + offset * K * 2, CUDA_R_16BF,
-                                        static_cast<int>(K), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, K, n, N, w_ptr + static_cast<int64_t>(e) * K * N * 2, N,
+                dy_ptr + offset * N * 2, N, 0.0f, dx_ptr + offset * K * 2, CUDA_R_16BF, K);
     }
     offset += n;
   }

@@ -611,9 +611,9 @@ PartitionResult solve_ilp(const PartitionProblem& pb, const PartitionResult& sta
   auto sp = solve_set_partition(pb, start, 0.8 * time_limit_s, relative_gap);
   if (sp.bound < 0) {
     // No useful bound: the pricing never finished (bins of many items), or stopped before its duals
-    // meant anything. The compact model of such a stage is larger
-    // still, and CBC's root (LP, triangle rounds, cuts) cannot be interrupted, so it would overrun the
-    // time limit many times over. Keep the assignment; costs are >= 0, so 0 is the bound.
+    // meant anything. The compact model of such a stage is larger still, and CBC's root (LP, triangle
+    // rounds, cuts) cannot be interrupted, so it would overrun the time limit many times over. Keep
+    // the assignment; costs are >= 0, so 0 is the bound.
     sp.bound = 0;
     return sp;
   }

@@ -207,6 +207,11 @@ BinPricing price_bin(const PartitionProblem& pb, int32_t bin, const std::vector<
 
 namespace {
 
+/// `seconds` as the steady clock's duration (for deadlines).
+std::chrono::steady_clock::duration clock_seconds(double seconds) {
+  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(seconds));
+}
+
 /// A master column: bin `bin` holds `set` (sorted) at `cost` = bin_cost(bin, set).
 struct Column {
   int32_t bin;
@@ -237,8 +242,7 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
   const auto t_start = std::chrono::steady_clock::now();
   // Column generation gets 75% of the time; the restricted master's integer program the rest.
   const double cg_limit_s = 0.75 * time_limit_s;
-  const auto deadline = t_start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                      std::chrono::duration<double>(cg_limit_s));
+  const auto deadline = t_start + clock_seconds(cg_limit_s);
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(); };
   const bool debug = std::getenv("SWITCHYARD_PLAN_DEBUG") != nullptr;
   const int n_items = static_cast<int>(pb.items), bins = static_cast<int>(pb.bins);
@@ -325,9 +329,7 @@ PartitionResult solve_set_partition(const PartitionProblem& pb, const PartitionR
         ContentSearch search(pb, quadratic[b], price);
         // One search may take a fifth of the column generation's time: bins of many items can make the
         // exact pricing too long, and the stage then keeps its assignment (solve_ilp).
-        const auto search_deadline = std::min(
-            deadline, std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                              std::chrono::duration<double>(0.2 * cg_limit_s)));
+        const auto search_deadline = std::min(deadline, std::chrono::steady_clock::now() + clock_seconds(0.2 * cg_limit_s));
         complete = search.run(at[n_items + b] - 1e-9, 8, kPricingNodeLimit, search_deadline);
         total_nodes += search.nodes();
         if (!search.found().empty()) lagrangian += search.found().front().value - at[n_items + b];
