@@ -2,8 +2,12 @@
 // presets, routing and FLOP count of the peer script (../shared/bench/peer_moe_layer.py).
 #pragma once
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <string>
+
+#include "core/config.h"
 
 namespace switchyard::modules {
 
@@ -24,8 +28,17 @@ struct LayerBenchOptions {
 };
 
 /// Prints one JSON line: fwd_ms, fwdbwd_ms, fwd_tflops, fwdbwd_tflops, peak_mem_gib (CUDA), and the
-/// check: the largest relative L2 error of the bf16 output and gradients (input and every
-/// parameter) against an fp32 reference on fresh random inputs. Throws when the check fails (> 1e-2).
+/// check: the largest relative L2 error of the output and gradients (input and every parameter) in
+/// the dtype timed (bf16 on CUDA, fp32 on the CPU) against a wider reference (fp32, fp64) on fresh
+/// random inputs. Throws when the check fails (> 1e-2 for bf16, > 1e-4 for fp32).
 void run_layer_benchmark(const LayerBenchOptions& options);
+
+/// The benchmark's check: the largest relative L2 error of the output and all gradients (input and
+/// every parameter) of a `dtype` copy of the layer (the dtype the benchmark times) against a wider
+/// reference (fp32 for bf16, fp64 for fp32) with the same weights, on `tokens` fresh random tokens
+/// (seeded from the clock). Weights and inputs are `dtype` values in both, so routing decisions match
+/// and the error is the arithmetic's.
+double check_against_reference(const core::Config& config, const torch::Device& device, torch::Dtype dtype,
+                               int64_t tokens);
 
 }  // namespace switchyard::modules

@@ -146,7 +146,7 @@ int run(int argc, char** argv) {
   layer_cmd->add_option("--tokens", layer_bench.tokens, "tokens per batch")->check(CLI::PositiveNumber);
   layer_cmd->add_option("--device", layer_bench.device, "cuda or cpu")->check(CLI::IsMember({"cpu", "cuda"}));
   layer_cmd->add_option("--iters", layer_bench.iters, "timed iterations (median reported)")->check(CLI::PositiveNumber);
-  layer_cmd->add_option("--check-tokens", layer_bench.check_tokens, "tokens of the bf16-vs-fp32 check (0 = skip)")
+  layer_cmd->add_option("--check-tokens", layer_bench.check_tokens, "tokens of the correctness check: bf16 against fp32 on CUDA, fp32 against fp64 on the CPU (0 = skip)")
       ->check(CLI::NonNegativeNumber);
   layer_cmd->add_flag("--reset-grads", layer_bench.reset_grads,
                       "reset .grad before each iteration (a training step) instead of accumulating (the peer's loop)");

@@ -1,7 +1,9 @@
 // MoE layer against per-token references, dense equivalence, gradient checks in double, statistics.
 #include "modules/moe_layer.h"
+#include "modules/layer_benchmark.h"
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include "tests/test_util.h"
 
@@ -241,6 +243,24 @@ TEST(MoELayerGradients, MatchFiniteDifferencesInDouble) {
     std::vector<torch::Tensor> params{x};
     for (const auto& p : layer->parameters()) params.push_back(p);
     expect_gradients_match(f, params, std::string("moe layer, router ") + core::enum_name(c.router));
+  }
+}
+
+// `bench layer`'s check measures the dtype it times against a wider one: a small but non-zero error
+// (the same dtype on both sides would give exactly zero), within each dtype's rounding.
+TEST(LayerBenchmark, CheckComparesTheTimedDtypeWithAWiderReference) {
+  core::Config c;
+  c.model = model_config(16, 4, 2, 24);
+  c.model.moe.shared_experts = 1;
+  c.model.moe.capacity_factor = 0;
+  c.losses = no_losses();
+  const double fp32 = check_against_reference(c, torch::kCPU, torch::kFloat32, 32);
+  EXPECT_GT(fp32, 0.0);
+  EXPECT_LT(fp32, 1e-5);
+  if (torch::cuda::is_available()) {
+    const double bf16 = check_against_reference(c, torch::Device(torch::kCUDA, 0), torch::kBFloat16, 32);
+    EXPECT_GT(bf16, 1e-4);
+    EXPECT_LT(bf16, 1e-2);
   }
 }
 
