@@ -2,7 +2,6 @@
 // FLOP count (useful work: 2 T (k 3 d F + 3 d F_shared + d E) forward, 3x that forward+backward).
 #include "modules/layer_benchmark.h"
 
-#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
@@ -17,6 +16,7 @@
 #include "core/build_info.h"
 #include "core/error.h"
 #include "modules/moe_layer.h"
+#include "modules/profiler.h"
 
 #if SWITCHYARD_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
@@ -126,30 +126,6 @@ double check_against_reference(const core::Config& c, const torch::Device& devic
   return worst;
 }
 
-namespace {
-
-/// Runs `fn` under the Kineto profiler (host ops, and CUDA kernels on a CUDA device) and writes the
-/// Chrome trace to `path`.
-void write_profile(const std::string& path, const torch::Device& device, const std::function<void()>& fn) {
-  namespace prof = torch::profiler::impl;
-  const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
-  std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
-  if (device.is_cuda()) activities.insert(prof::ActivityType::CUDA);
-  torch::autograd::profiler::prepareProfiler(config, activities);
-  torch::autograd::profiler::enableProfiler(config, activities);
-  fn();
-  synchronize(device);
-  const auto result = torch::autograd::profiler::disableProfiler();
-  try {
-    result->save(path);
-  } catch (const c10::Error& e) {
-    std::remove(path.c_str());
-    throw UsageError(std::string("--profile: no trace written (") + e.what_without_backtrace() + ")");
-  }
-}
-
-}  // namespace
-
 void run_layer_benchmark(const LayerBenchOptions& options) {
   const Preset p = preset_of(options.preset);
   SY_CHECK_AS(UsageError, options.profile_path.empty() || std::ofstream(options.profile_path).good(),
@@ -203,9 +179,9 @@ void run_layer_benchmark(const LayerBenchOptions& options) {
       check, options.reset_grads ? "reset" : "accumulate");
   std::fflush(stdout);
   if (!options.profile_path.empty()) {
-    write_profile(options.profile_path, device, [&] {
-      for (int i = 0; i < options.profile_iters; ++i) fwdbwd();
-    });
+    KinetoTrace trace(device);
+    for (int i = 0; i < options.profile_iters; ++i) fwdbwd();
+    trace.save(options.profile_path);
   }
   SY_CHECK_AS(InternalError, check < check_limit, "bench layer: ", device.is_cuda() ? "bf16" : "fp32",
               " output or gradients differ from the ", device.is_cuda() ? "fp32" : "fp64", " reference by ", check,

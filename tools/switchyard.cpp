@@ -80,6 +80,11 @@ int run(int argc, char** argv) {
   train_args.add_to(train_cmd);
   train_cmd->add_option("--run-dir", run_dir, "run directory (overrides train.run_dir)");
   train_cmd->add_option("--resume", resume, "auto (newest checkpoint in the run dir), never, or a checkpoint path");
+  trainer::ProfileRequest train_profile;
+  train_cmd->add_option("--profile", train_profile.path,
+                        "write a Kineto trace (host ops, CUDA kernels) of --profile-steps steps on rank 0 to this file");
+  train_cmd->add_option("--profile-steps", train_profile.steps, "training steps in the --profile trace (after two warm-up steps)")
+      ->check(CLI::PositiveNumber);
 
   ConfigArgs eval_args;
   std::string eval_checkpoint;
@@ -178,7 +183,7 @@ int run(int argc, char** argv) {
     const core::Config config = train_args.load();
     const auto mpi = start_ranks(&argc, &argv);
     trainer::Trainer t(config, parallel::open_run_world(config));
-    t.train(trainer::ResumeMode::parse(resume));
+    t.train(trainer::ResumeMode::parse(resume), train_profile);
     return 0;
   }
   if (eval_cmd->parsed()) {

@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "core/logging.h"
 #include "modules/autocast.h"
+#include "modules/profiler.h"
 #include "parallel/placement_plan.h"
 #include "trainer/routing_trace.h"
 #include "trainer/metrics.h"
@@ -411,8 +412,12 @@ int64_t Trainer::write_trace(const std::string& path, int64_t tokens) {
   return t.layers.empty() ? 0 : t.layers[0].num_tokens();
 }
 
-void Trainer::train(const ResumeMode& resume) {
+void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   const bool rank0 = world_->rank() == 0;
+  const bool profiling = rank0 && !profile.path.empty();
+  SY_CHECK_AS(UsageError, profile.steps > 0, "--profile-steps: at least 1, got ", profile.steps);
+  SY_CHECK_AS(UsageError, !profiling || std::ofstream(profile.path).good(), "--profile: cannot write ", profile.path);
+  if (profiling) modules::KinetoTrace(device_).save(profile.path);  // a LibTorch without Kineto fails here, before any step
   const auto run_dir = fs::path(config_.train.run_dir);
   std::optional<std::string> from;
   if (resume.kind == ResumeMode::Kind::kPath) {
@@ -459,8 +464,17 @@ void Trainer::train(const ResumeMode& resume) {
   const auto run_start = window_start;
   int64_t window_steps = 0;
   const int64_t first_step = state_.step;
+  // --profile: after two warm-up steps, or as late as still leaves `profile.steps` steps.
+  const int64_t profile_from = std::max(first_step, std::min(first_step + 2, config_.train.steps - profile.steps));
+  std::unique_ptr<modules::KinetoTrace> trace;
   for (int64_t step = state_.step; step < config_.train.steps; ++step) {
+    if (profiling && step == profile_from) trace = std::make_unique<modules::KinetoTrace>(device_);
     const auto r = train_step(step);
+    if (trace && (step + 1 == profile_from + profile.steps || step + 1 == config_.train.steps)) {
+      trace->save(profile.path);
+      trace.reset();
+      core::log_info("profile: steps ", profile_from + 1, "-", step + 1, " in ", profile.path);
+    }
     state_.step = step + 1;
     state_.tokens_seen += tokens_per_step;
     state_.skipped_steps += r.skipped;

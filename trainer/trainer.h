@@ -28,6 +28,13 @@ struct ResumeMode {
   static ResumeMode parse(const std::string& text);
 };
 
+/// `train --profile`: rank 0 records `steps` training steps (after two warm-up steps) as a Kineto
+/// trace at `path`; an empty path records nothing.
+struct ProfileRequest {
+  std::string path;
+  int64_t steps = 3;
+};
+
 class Trainer {
  public:
   /// Collective over `world.comm`: builds groups, data, model (on `world.device`) and optimizer.
@@ -35,7 +42,7 @@ class Trainer {
   Trainer(const core::Config& config, parallel::RunWorld world);
 
   /// Trains to train.steps, resuming as `resume` says; writes the run directory. Collective.
-  void train(const ResumeMode& resume);
+  void train(const ResumeMode& resume, const ProfileRequest& profile = {});
   /// Loads a checkpoint into the model (collective).
   void load_checkpoint(const std::string& dir);
   /// Mean next-token loss over train.eval_batches global batches of the validation split (collective).
