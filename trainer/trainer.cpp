@@ -230,11 +230,23 @@ double Trainer::global_grad_norm() {
   // Squared norms accumulate on the device; one read at the end (not one sync per parameter).
   auto dense_sq = torch::zeros({}, torch::dtype(torch::kFloat64).device(device_));
   auto experts_sq = torch::zeros({}, torch::dtype(torch::kFloat64).device(device_));
+  std::vector<torch::Tensor> dense_grads, expert_grads;
   for (const auto& item : model_->named_parameters()) {
     const auto& g = item.value().grad();
     if (!g.defined()) continue;
-    (parallel::is_expert_parameter(item.key()) ? experts_sq : dense_sq) += g.to(torch::kFloat64).pow(2).sum();
+    (parallel::is_expert_parameter(item.key()) ? expert_grads : dense_grads).push_back(g);
   }
+#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  if (device_.is_cuda()) {  // one multi-tensor kernel per group: fp32 norms, squared and summed in fp64
+    for (auto [grads, sq] : {std::pair{&dense_grads, &dense_sq}, std::pair{&expert_grads, &experts_sq}}) {
+      if (!grads->empty()) *sq += torch::stack(at::_foreach_norm(*grads, 2)).to(torch::kFloat64).square().sum();
+    }
+    dense_grads.clear();
+    expert_grads.clear();
+  }
+#endif
+  for (const auto& g : dense_grads) dense_sq += g.to(torch::kFloat64).pow(2).sum();
+  for (const auto& g : expert_grads) experts_sq += g.to(torch::kFloat64).pow(2).sum();
   const double dense = dense_sq.item<double>();
   double experts = experts_sq.item<double>();
   experts = all_reduce_sum(*groups_->ep, experts);
@@ -312,8 +324,10 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
     if (config_.train.grad_clip > 0 && r.grad_norm > config_.train.grad_clip) {
       torch::NoGradGuard g;
       const double scale = config_.train.grad_clip / (r.grad_norm + 1e-6);
+      std::vector<torch::Tensor> grads;
       for (auto& p : model_->parameters())
-        if (p.grad().defined()) p.mutable_grad().mul_(scale);
+        if (p.grad().defined()) grads.push_back(p.mutable_grad());
+      at::_foreach_mul_(grads, scale);
     }
     optimizer_->step(learning_rate(config_.train, step));
   }

@@ -1,5 +1,6 @@
 // Optimizer against LibTorch's AdamW, schedule, CRC-32C, metrics lines and TensorBoard records.
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include <unistd.h>
 
@@ -39,6 +40,42 @@ TEST(AdamW, MatchesLibTorchAdamW) {
     EXPECT_TRUE(torch::allclose(a, b, 1e-6, 1e-7)) << "step " << step;
   }
   EXPECT_EQ(ours.steps(), 6);
+}
+
+// On CUDA (LibTorch >= 2.1) fp32 parameters take PyTorch's fused AdamW kernels: the same update as
+// the CPU loop, weight decay on matrices only, over several steps, with a parameter that has no
+// gradient in the first step (skipped, no state) and one in every later step.
+TEST(AdamW, CudaStepMatchesTheCpuLoop) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(0);
+  core::TrainConfig cfg;
+  cfg.weight_decay = 0.1;
+  cfg.beta1 = 0.9;
+  cfg.beta2 = 0.95;
+  cfg.adam_eps = 1e-8;
+  const auto w0 = torch::randn({64, 48}), b0 = torch::randn({48}), u0 = torch::randn({8});
+  auto w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_(), u = u0.clone().requires_grad_();
+  auto wc = w0.cuda().requires_grad_(), bc = b0.cuda().requires_grad_(), uc = u0.cuda().requires_grad_();
+  AdamW cpu({{"w", w}, {"b", b}, {"u", u}}, cfg), gpu({{"w", wc}, {"b", bc}, {"u", uc}}, cfg);
+  for (int step = 0; step < 5; ++step) {
+    const auto x = torch::randn({16, 64}), target = torch::randn({16, 48});
+    cpu.zero_grad();
+    gpu.zero_grad();
+    auto loss = (x.matmul(w) + b - target).pow(2).mean();
+    auto loss_c = (x.cuda().matmul(wc) + bc - target.cuda()).pow(2).mean();
+    if (step > 0) {  // u has no gradient before the second step
+      loss = loss + u.pow(2).sum();
+      loss_c = loss_c + uc.pow(2).sum();
+    }
+    loss.backward();
+    loss_c.backward();
+    cpu.step(0.01);
+    gpu.step(0.01);
+    for (const auto& [a, c] : {std::pair{w, wc}, std::pair{b, bc}, std::pair{u, uc}}) {
+      EXPECT_TRUE(torch::allclose(a, c.cpu(), 1e-5, 1e-6)) << "step " << step << ": " << (a - c.cpu()).abs().max().item<double>();
+    }
+  }
+  EXPECT_FALSE(torch::allclose(w, w0));  // it moved
 }
 
 TEST(Schedule, WarmupThenCosineToMin) {
