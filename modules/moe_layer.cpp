@@ -9,10 +9,7 @@
 #include "modules/side_stream.h"
 
 namespace switchyard::modules {
-namespace {
 
-/// Whether every slot of every token always names a routed expert (no capacity drops, no null
-/// experts, a router that always fills its k slots): dispatch then needs no host synchronization.
 bool every_slot_routed(const core::MoEConfig& moe) {
   using core::RouterKind;
   const auto kind = moe.router.kind;
@@ -20,8 +17,6 @@ bool every_slot_routed(const core::MoEConfig& moe) {
          (kind == RouterKind::kTopK || kind == RouterKind::kSigmoidBias || kind == RouterKind::kNoisyTopK ||
           kind == RouterKind::kHash || kind == RouterKind::kRandom || kind == RouterKind::kCosine);
 }
-
-}  // namespace
 
 double MoEStats::dropped_frac() const {
   const auto routed = routed_slots.item<int64_t>();

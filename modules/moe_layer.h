@@ -18,6 +18,10 @@
 
 namespace switchyard::modules {
 
+/// Whether every slot of every token always names a routed expert (no capacity drops, no null
+/// experts, a router that always fills its k slots): dispatch then needs no host synchronization.
+bool every_slot_routed(const core::MoEConfig& moe);
+
 /// Per-layer routing statistics (detached; for metrics).
 struct MoEStats {
   torch::Tensor tokens_per_expert;  ///< [E + null] fp32 slots routed to each choice (after drops)

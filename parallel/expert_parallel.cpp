@@ -2,6 +2,7 @@
 #include "parallel/expert_parallel.h"
 
 #include "core/error.h"
+#include "modules/moe_layer.h"
 
 namespace switchyard::parallel {
 
@@ -33,7 +34,8 @@ modules::DispatcherFactory make_dispatcher_factory(std::shared_ptr<ProcessGroups
     auto placement = placements.empty()
                          ? ExpertPlacement::contiguous(config.model.moe.num_experts, groups->ep_size)
                          : placements.at(moe_idx);
-    auto d = std::make_shared<ExpertParallelDispatcher>(groups, placement, config.parallel.dispatcher);
+    auto d = std::make_shared<ExpertParallelDispatcher>(groups, placement, config.parallel.dispatcher, /*dedup=*/true,
+                                                        modules::every_slot_routed(config.model.moe));
     if (created) created->push_back(d);
     return d;
   };
@@ -48,6 +50,15 @@ namespace {
 /// All-reduces the gradients of `params` as one flat buffer, then scales them.
 void reduce_flat(std::vector<torch::Tensor>& params, Communicator& comm, double scale) {
   if (params.empty()) return;
+  if (comm.size() == 1) {  // nothing to sum: scale in place (no flat copy of every gradient)
+    std::vector<torch::Tensor> grads;
+    for (auto& p : params) {
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      grads.push_back(p.mutable_grad());
+    }
+    if (scale != 1.0) at::_foreach_mul_(grads, scale);
+    return;
+  }
   std::vector<torch::Tensor> flat;
   flat.reserve(params.size());
   for (auto& p : params) {

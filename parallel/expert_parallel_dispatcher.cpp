@@ -194,9 +194,11 @@ struct EpState {
 }  // namespace
 
 ExpertParallelDispatcher::ExpertParallelDispatcher(std::shared_ptr<ProcessGroups> groups, ExpertPlacement placement,
-                                                   core::DispatcherKind kind, bool dedup)
+                                                   core::DispatcherKind kind, bool dedup, bool every_slot_routed)
     : groups_(std::move(groups)), placement_(std::move(placement)), kind_(kind), dedup_(dedup),
       stats_(std::make_shared<ExchangeStats>()) {
+  // One rank holds every expert, at local index = expert id (a rank's experts are in id order).
+  if (groups_->ep_size == 1) single_rank_ = std::make_unique<modules::LocalDispatcher>(placement_.num_experts(), every_slot_routed);
   SY_CHECK_AS(ConfigError, placement_.experts_per_rank() * groups_->ep_size == placement_.num_experts(),
               "placement: expects ", groups_->ep_size, " expert-parallel ranks");
   SY_CHECK_AS(ConfigError, kind_ == core::DispatcherKind::kFlat || groups_->ep_ranks_per_node > 0,
@@ -215,6 +217,7 @@ torch::Tensor ExpertParallelDispatcher::node_local_expert_mask() const {
 
 modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx,
                                                        const torch::Tensor& gates) {
+  if (single_rank_) return single_rank_->dispatch(x, expert_idx, gates);
   const auto device = x.device();
   const int64_t num_tokens = x.size(0), k = expert_idx.size(1);
   const int64_t local_experts = placement_.experts_per_rank();
@@ -316,12 +319,14 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
 }
 
 torch::Tensor ExpertParallelDispatcher::combine(const torch::Tensor& weighted, const modules::Dispatched& dispatched) {
+  if (single_rank_) return single_rank_->combine(weighted, dispatched);
   const auto& state = *static_cast<const EpState*>(dispatched.state.get());
   return combine_rows(modules::kernels::sum_rows(weighted, state.slot_row, state.row_slots), dispatched);
 }
 
 torch::Tensor ExpertParallelDispatcher::combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
                                                          const modules::Dispatched& dispatched) {
+  if (single_rank_) return single_rank_->combine_weighted(expert_out, gates, dispatched);
   const auto& state = *static_cast<const EpState*>(dispatched.state.get());
   return combine_rows(modules::kernels::unpermute(expert_out, gates, state.slot_row, state.row_slots), dispatched);
 }

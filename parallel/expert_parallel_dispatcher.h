@@ -35,8 +35,10 @@ struct ExchangeStats {
 class ExpertParallelDispatcher : public modules::TokenDispatcher {
  public:
   /// `dedup` false sends one row per slot (for comparison; results equal, more bytes).
+  /// `every_slot_routed`: every slot always names an expert (modules::every_slot_routed); with one
+  /// EP rank, where nothing is exchanged, the single-process dispatcher then runs without a host sync.
   ExpertParallelDispatcher(std::shared_ptr<ProcessGroups> groups, ExpertPlacement placement,
-                           core::DispatcherKind kind, bool dedup = true);
+                           core::DispatcherKind kind, bool dedup = true, bool every_slot_routed = false);
 
   /// Collective over the EP group (and its node groups for hierarchical).
   modules::Dispatched dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx,
@@ -59,6 +61,9 @@ class ExpertParallelDispatcher : public modules::TokenDispatcher {
   core::DispatcherKind kind_;
   bool dedup_;
   std::shared_ptr<ExchangeStats> stats_;
+  /// One EP rank: nothing to exchange; the single-process dispatcher (its fused permute and
+  /// un-permute, no sorts by origin, no host waits) does the work.
+  std::unique_ptr<modules::LocalDispatcher> single_rank_;
 
   /// The way back from the destination's per-row sums (canonical order) to this rank's tokens.
   torch::Tensor combine_rows(const torch::Tensor& canonical, const modules::Dispatched& dispatched);
