@@ -198,7 +198,9 @@ ExpertParallelDispatcher::ExpertParallelDispatcher(std::shared_ptr<ProcessGroups
     : groups_(std::move(groups)), placement_(std::move(placement)), kind_(kind), dedup_(dedup),
       stats_(std::make_shared<ExchangeStats>()) {
   // One rank holds every expert, at local index = expert id (a rank's experts are in id order).
-  if (groups_->ep_size == 1) single_rank_ = std::make_unique<modules::LocalDispatcher>(placement_.num_experts(), every_slot_routed);
+  if (groups_->ep_size == 1) {
+    single_rank_ = std::make_unique<modules::LocalDispatcher>(placement_.num_experts(), every_slot_routed);
+  }
   SY_CHECK_AS(ConfigError, placement_.experts_per_rank() * groups_->ep_size == placement_.num_experts(),
               "placement: expects ", groups_->ep_size, " expert-parallel ranks");
   SY_CHECK_AS(ConfigError, kind_ == core::DispatcherKind::kFlat || groups_->ep_ranks_per_node > 0,

@@ -18,13 +18,19 @@ namespace switchyard::trainer {
 namespace {
 namespace fs = std::filesystem;
 
-TEST(AdamW, MatchesLibTorchAdamW) {
-  torch::manual_seed(0);
+/// The hyperparameters both AdamW tests use (LibTorch's AdamWOptions below spell the same).
+core::TrainConfig adamw_config() {
   core::TrainConfig cfg;
   cfg.weight_decay = 0.1;
   cfg.beta1 = 0.9;
   cfg.beta2 = 0.95;
   cfg.adam_eps = 1e-8;
+  return cfg;
+}
+
+TEST(AdamW, MatchesLibTorchAdamW) {
+  torch::manual_seed(0);
+  const core::TrainConfig cfg = adamw_config();
   auto a = torch::randn({4, 3}, torch::requires_grad());
   auto b = a.detach().clone().requires_grad_();
   AdamW ours({{"w", a}}, cfg);
@@ -48,11 +54,7 @@ TEST(AdamW, MatchesLibTorchAdamW) {
 TEST(AdamW, CudaStepMatchesTheCpuLoop) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   torch::manual_seed(0);
-  core::TrainConfig cfg;
-  cfg.weight_decay = 0.1;
-  cfg.beta1 = 0.9;
-  cfg.beta2 = 0.95;
-  cfg.adam_eps = 1e-8;
+  const core::TrainConfig cfg = adamw_config();
   const auto w0 = torch::randn({64, 48}), b0 = torch::randn({48}), u0 = torch::randn({8});
   auto w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_(), u = u0.clone().requires_grad_();
   auto wc = w0.cuda().requires_grad_(), bc = b0.cuda().requires_grad_(), uc = u0.cuda().requires_grad_();
