@@ -2,7 +2,8 @@
 #pragma once
 
 #include <ATen/autocast_mode.h>
-#include <torch/version.h>
+
+#include "modules/torch_version.h"
 
 namespace switchyard::modules {
 
@@ -11,7 +12,7 @@ class Bf16Autocast {
  public:
   explicit Bf16Autocast(bool on) : on_(on) {
     if (!on_) return;
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#if SY_TORCH_AT_LEAST(2, 4)
     at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
     at::autocast::set_autocast_enabled(at::kCUDA, true);
 #else
@@ -21,7 +22,7 @@ class Bf16Autocast {
   }
   ~Bf16Autocast() {
     if (!on_) return;
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#if SY_TORCH_AT_LEAST(2, 4)
     at::autocast::set_autocast_enabled(at::kCUDA, false);
 #else
     at::autocast::set_enabled(false);

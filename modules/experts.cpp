@@ -4,10 +4,10 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/Event.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
-#include <torch/version.h>
 
 #include "core/error.h"
 #include "modules/moe_kernels.h"
+#include "modules/torch_version.h"
 
 namespace switchyard::modules {
 namespace {
@@ -34,7 +34,7 @@ int64_t in_width(int64_t hidden, core::ExpertKind kind) {
   return kind == core::ExpertKind::kSwiGLU ? 2 * hidden : hidden;
 }
 
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#if SY_TORCH_AT_LEAST(2, 9)
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -140,7 +140,7 @@ torch::Tensor ExpertsImpl::expert_forward(int64_t local_idx, const torch::Tensor
 torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens_per_expert) {
   SY_CHECK(tokens_per_expert.numel() == num_local(), "experts: got ", tokens_per_expert.numel(),
            " token counts for ", num_local(), " local experts");
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#if SY_TORCH_AT_LEAST(2, 9)
   // One grouped GEMM per projection (gate and up fused in w_in) in bf16: bf16 tensors, or fp32
   // master weights under bf16 autocast (cast here as autocast would). Offsets stay on the device,
   // so no host synchronization.

@@ -1,13 +1,13 @@
 // Router implementations, capacity and the LocMoE capacity bound.
 #include "modules/router.h"
 
-#include <torch/version.h>
 
 #include <cmath>
 #include <vector>
 
 #include "core/error.h"
 #include "losses/routing_losses.h"
+#include "modules/torch_version.h"
 
 namespace switchyard::modules {
 namespace {
@@ -19,7 +19,7 @@ torch::Tensor normalize_rows(const torch::Tensor& x) { return F::normalize(x, F:
 /// Renormalizes gates [T, k] over each row's used slots.
 torch::Tensor renormalize(const torch::Tensor& gates) { return gates / gates.sum(-1, true).clamp_min(1e-20); }
 
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#if SY_TORCH_AT_LEAST(2, 9)
 /// An fp32 operand as bf16 terms that sum to it to 16 of fp32's 24 mantissa bits (relative error
 /// ~2^-17): {hi, lo}; a bf16 operand is one term.
 std::vector<torch::Tensor> bf16_terms(const torch::Tensor& t) {
@@ -73,7 +73,7 @@ class RouterLogitsFn : public torch::autograd::Function<RouterLogitsFn> {
 }  // namespace
 
 torch::Tensor router_logits(const torch::Tensor& x, const torch::Tensor& w) {
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#if SY_TORCH_AT_LEAST(2, 9)
   if (x.is_cuda() && x.scalar_type() == torch::kBFloat16 && x.size(1) % 8 == 0 &&
       (w.scalar_type() == torch::kBFloat16 || w.scalar_type() == torch::kFloat32)) {
     return RouterLogitsFn::apply(x.contiguous(), w.contiguous());

@@ -1,11 +1,10 @@
 // Transformer LM forward.
 #include "modules/transformer.h"
 
-#include <torch/version.h>
-
 #include <cmath>
 
 #include "core/error.h"
+#include "modules/torch_version.h"
 
 namespace switchyard::modules {
 
@@ -46,7 +45,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
   };
   q = rope(q);
   k = rope(k);
-#if TORCH_VERSION_MAJOR >= 2
+#if SY_TORCH_AT_LEAST(2, 0)
   auto attn = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
 #else
   auto scores = q.matmul(k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));

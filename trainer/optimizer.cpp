@@ -1,13 +1,13 @@
 // AdamW and the learning-rate schedule.
 #include "trainer/optimizer.h"
 
-#include <torch/version.h>
-
 #include <cmath>
 #include <vector>
 
+#include "modules/torch_version.h"
+
 // PyTorch's fused AdamW and foreach kernels (LibTorch 2.1 and later; Debian's 1.13 takes the loop).
-#define SY_FUSED_ADAMW ((TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1))
+#define SY_FUSED_ADAMW SY_TORCH_AT_LEAST(2, 1)
 
 namespace switchyard::trainer {
 namespace {

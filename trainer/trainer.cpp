@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <ATen/autocast_mode.h>
-#include <torch/version.h>
 
 #include "core/build_info.h"
 #if SWITCHYARD_WITH_CUDA
@@ -24,6 +23,7 @@
 #include "core/logging.h"
 #include "modules/autocast.h"
 #include "modules/profiler.h"
+#include "modules/torch_version.h"
 #include "parallel/placement_plan.h"
 #include "trainer/routing_trace.h"
 #include "trainer/metrics.h"
@@ -88,6 +88,18 @@ double all_reduce_sum(parallel::Communicator& comm, double x) {
   auto t = torch::tensor({x}, torch::kFloat64);
   comm.all_reduce(t, parallel::ReduceOp::kSum);
   return t.item<double>();
+}
+
+/// Sum of the squares of every element of `grads`, a 0-dim fp64 tensor on `device`. On CUDA one
+/// multi-tensor kernel (fp32 norm per tensor, squared and summed in fp64); elsewhere per tensor in fp64.
+torch::Tensor squared_norm(const std::vector<torch::Tensor>& grads, const torch::Device& device) {
+  auto sum = torch::zeros({}, torch::dtype(torch::kFloat64).device(device));
+  if (grads.empty()) return sum;
+#if SY_TORCH_AT_LEAST(2, 1)
+  if (device.is_cuda()) return sum + torch::stack(at::_foreach_norm(grads, 2)).to(torch::kFloat64).square().sum();
+#endif
+  for (const auto& g : grads) sum += g.to(torch::kFloat64).pow(2).sum();
+  return sum;
 }
 
 }  // namespace
@@ -228,28 +240,14 @@ void Trainer::load_checkpoint(const std::string& dir) {
 double Trainer::global_grad_norm() {
   // Dense gradients are identical on every rank after sync; experts are split over the EP group.
   // Squared norms accumulate on the device; one read at the end (not one sync per parameter).
-  auto dense_sq = torch::zeros({}, torch::dtype(torch::kFloat64).device(device_));
-  auto experts_sq = torch::zeros({}, torch::dtype(torch::kFloat64).device(device_));
   std::vector<torch::Tensor> dense_grads, expert_grads;
   for (const auto& item : model_->named_parameters()) {
     const auto& g = item.value().grad();
     if (!g.defined()) continue;
     (parallel::is_expert_parameter(item.key()) ? expert_grads : dense_grads).push_back(g);
   }
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-  if (device_.is_cuda()) {  // one multi-tensor kernel per group: fp32 norms, squared and summed in fp64
-    for (auto [grads, sq] : {std::pair{&dense_grads, &dense_sq}, std::pair{&expert_grads, &experts_sq}}) {
-      if (!grads->empty()) *sq += torch::stack(at::_foreach_norm(*grads, 2)).to(torch::kFloat64).square().sum();
-    }
-    dense_grads.clear();
-    expert_grads.clear();
-  }
-#endif
-  for (const auto& g : dense_grads) dense_sq += g.to(torch::kFloat64).pow(2).sum();
-  for (const auto& g : expert_grads) experts_sq += g.to(torch::kFloat64).pow(2).sum();
-  const double dense = dense_sq.item<double>();
-  double experts = experts_sq.item<double>();
-  experts = all_reduce_sum(*groups_->ep, experts);
+  const double dense = squared_norm(dense_grads, device_).item<double>();
+  const double experts = all_reduce_sum(*groups_->ep, squared_norm(expert_grads, device_).item<double>());
   return std::sqrt(dense + experts);
 }
 
