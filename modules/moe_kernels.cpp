@@ -129,6 +129,10 @@ class PermuteFn : public torch::autograd::Function<PermuteFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& token_idx,
                                const torch::Tensor& row_of_slot) {
     ctx->save_for_backward({row_of_slot});
+    // On CUDA the gather kernel with one slot per row (a block per row, 16-byte accesses): a copy, as
+    // index_select is (1 * x summed in fp32 is x for every dtype but double). H100, mixtral_like
+    // (32,768 rows of 4,096): 185 us for index_select.
+    if (x.is_cuda() && x.scalar_type() != torch::kDouble) return raw::gather_sum(x, {}, token_idx.view({-1, 1}));
     return x.index_select(0, token_idx);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -192,7 +196,10 @@ torch::Tensor sum_rows(const torch::Tensor& rows, const torch::Tensor& token_idx
 torch::Tensor swiglu(const torch::Tensor& h) { return SwigluFn::apply(h.contiguous()); }
 
 torch::Tensor rows_of_slots(const torch::Tensor& slot_idx, int64_t num_tokens, int64_t k) {
-  auto out = torch::full({num_tokens * k}, -1, slot_idx.options().dtype(torch::kInt64));
+  // Every slot routed (slot_idx a permutation of them all): each entry is written, none left at -1.
+  const auto options = slot_idx.options().dtype(torch::kInt64);
+  auto out = slot_idx.size(0) == num_tokens * k ? torch::empty({num_tokens * k}, options)
+                                                : torch::full({num_tokens * k}, -1, options);
   out.index_put_({slot_idx}, torch::arange(slot_idx.size(0), out.options()));
   return out.view({num_tokens, k});
 }

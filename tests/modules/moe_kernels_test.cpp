@@ -36,6 +36,34 @@ TEST(MoeKernels, RowsOfSlotsInvertsTheSort) {
   EXPECT_EQ(flat.ge(0).sum().item<int64_t>(), r.slots.slot_idx.size(0));
 }
 
+TEST(MoeKernels, SlotsSortStablyByExpertWhateverTheKeyWidth) {
+  // The sort narrows expert ids to uint8, int16 or int32 by the expert count; every width must give
+  // the stable order of the int64 ids: experts ascending, slots ascending within an expert.
+  torch::manual_seed(4);
+  std::vector<torch::Device> devices{torch::kCPU};
+  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);
+  for (const auto& device : devices) {
+    for (const int64_t experts : {4, 256, 257, 40000}) {
+      for (const bool drop : {false, true}) {
+        const int64_t tokens = 600, k = 2;
+        // Ids from a few values spread over the range (repeats test the stability), the largest among them.
+        auto idx = (torch::randint(0, 37, {tokens, k}, torch::kInt64) * (experts / 37 + 1)).clamp_max(experts - 1);
+        idx[0][0] = experts - 1;
+        if (drop) idx.masked_fill_(torch::rand({tokens, k}).lt(0.25), -1);
+        const auto s = sort_slots_by_expert(idx.to(device), experts, /*every_slot_routed=*/!drop);
+        const auto valid = idx.reshape({-1}).ge(0).nonzero().reshape({-1});
+        const auto expected_order = std::get<1>(idx.reshape({-1}).index_select(0, valid).sort(true, 0, false));
+        const std::string what = device.str() + " experts " + std::to_string(experts) + (drop ? " with drops" : "");
+        EXPECT_TRUE(torch::equal(s.slot_idx.cpu(), valid.index_select(0, expected_order))) << what;
+        EXPECT_TRUE(torch::equal(s.token_idx.cpu(), s.slot_idx.cpu().div(k, "floor"))) << what;
+        const auto rows = rows_of_slots(s.slot_idx, tokens, k).reshape({-1}).cpu();
+        EXPECT_EQ(rows.ge(0).sum().item<int64_t>(), valid.size(0)) << what;
+        EXPECT_TRUE(torch::equal(rows.index_select(0, s.slot_idx.cpu()), torch::arange(valid.size(0)))) << what;
+      }
+    }
+  }
+}
+
 TEST(MoeKernels, PermuteAndUnpermuteEqualGatherAndIndexAdd) {
   torch::manual_seed(2);
   const int64_t T = 11, k = 3, d = 5;
@@ -98,6 +126,10 @@ TEST(MoeKernels, CudaKernelsMatchTheCpuReferences) {
           raw::gather_sum(rows, gates, r.row_of_slot), "gather_sum");
       cmp(raw::gather_sum(rows.to(cuda), {}, r.row_of_slot.to(cuda)), raw::gather_sum(rows, {}, r.row_of_slot),
           "gather_sum unscaled");
+      const auto x = torch::randn({T, d}).to(dtype);
+      EXPECT_TRUE(torch::equal(permute(x.to(cuda), r.slots.token_idx.to(cuda), r.row_of_slot.to(cuda)).cpu(),
+                               x.index_select(0, r.slots.token_idx)))
+          << what << " permute is a copy";
       const auto grad_y = torch::randn({T, d}).to(dtype);
       const auto [gr, gg] = raw::unpermute_backward(grad_y.to(cuda), rows.to(cuda), gates.to(cuda), r.slots.token_idx.to(cuda));
       const auto [cr, cg] = raw::unpermute_backward(grad_y, rows, gates, r.slots.token_idx);
