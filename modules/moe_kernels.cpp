@@ -129,10 +129,6 @@ class PermuteFn : public torch::autograd::Function<PermuteFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& token_idx,
                                const torch::Tensor& row_of_slot) {
     ctx->save_for_backward({row_of_slot});
-    // On CUDA the gather kernel with one slot per row (a block per row, 16-byte accesses): a copy, as
-    // index_select is (1 * x summed in fp32 is x for every dtype but double). H100, mixtral_like
-    // (32,768 rows of 4,096): 185 us for index_select.
-    if (x.is_cuda() && x.scalar_type() != torch::kDouble) return raw::gather_sum(x, {}, token_idx.view({-1, 1}));
     return x.index_select(0, token_idx);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
