@@ -6,7 +6,7 @@
 
 #include "modules/torch_version.h"
 
-// PyTorch's fused AdamW and foreach kernels (LibTorch 2.1 and later; Debian's 1.13 takes the loop).
+// PyTorch's fused AdamW kernels (LibTorch 2.1 and later; Debian's 1.13 takes the loop).
 #define SY_FUSED_ADAMW SY_TORCH_AT_LEAST(2, 1)
 
 namespace switchyard::trainer {
@@ -41,19 +41,12 @@ struct FusedGroup {
                       /*amsgrad=*/false, /*maximize=*/false);
   }
 };
-
-void zero_all(std::vector<torch::Tensor>& tensors) {
-  if (!tensors.empty()) at::_foreach_zero_(tensors);
-}
 #else
 bool fusable(const torch::Tensor&, const AdamW::State&) { return false; }
 struct FusedGroup {
   void add(torch::Tensor&, AdamW::State&) {}
   void step(double, double, double, double, double, int64_t) {}
 };
-void zero_all(std::vector<torch::Tensor>& tensors) {
-  for (auto& t : tensors) t.zero_();
-}
 #endif
 
 }  // namespace
@@ -107,7 +100,7 @@ void AdamW::zero_grad() {
   for (auto& [name, p] : params_) {
     if (p.grad().defined()) grads.push_back(p.mutable_grad());
   }
-  zero_all(grads);
+  if (!grads.empty()) at::_foreach_zero_(grads);  // one multi-tensor kernel on CUDA (LibTorch 1.13 has it too)
 }
 
 double learning_rate(const core::TrainConfig& config, int64_t step) {
