@@ -41,17 +41,20 @@ using torch::autograd::variable_list;
 /// The experts' row counts copied to pinned host memory in the forward, without a host wait; the
 /// backward's per-expert GEMMs read them after waiting on the copy's event, long complete by then
 /// (a blocking copy in the backward would drain the GPU queue: ~0.1 ms idle per projection).
+/// The copy is started after the first GEMM's launch (start()): off the forward's host-bound start.
 struct HostCounts : torch::CustomClassHolder {
-  explicit HostCounts(const torch::Tensor& counts_on_device) : ready(counts_on_device.device().type()) {
-    host = torch::empty(counts_on_device.sizes(), torch::dtype(torch::kInt64).pinned_memory(true));
-    host.copy_(counts_on_device, /*non_blocking=*/true);
-    ready.record(c10::impl::getDeviceGuardImpl(counts_on_device.device().type())->getStream(counts_on_device.device()));
+  explicit HostCounts(torch::Tensor counts_on_device)
+      : device(std::move(counts_on_device)), ready(device.device().type()) {}
+  void start() {
+    host = torch::empty(device.sizes(), torch::dtype(torch::kInt64).pinned_memory(true));
+    host.copy_(device, /*non_blocking=*/true);
+    ready.record(c10::impl::getDeviceGuardImpl(device.device().type())->getStream(device.device()));
   }
   std::vector<int64_t> get() const {
     ready.synchronize();
     return std::vector<int64_t>(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
   }
-  torch::Tensor host;
+  torch::Tensor device, host;
   c10::Event ready;
 };
 
@@ -137,7 +140,8 @@ torch::Tensor ExpertsImpl::expert_forward(int64_t local_idx, const torch::Tensor
   return mlp(x, w_in[local_idx], w_out[local_idx], hidden_, kind_);
 }
 
-torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens_per_expert) {
+torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens_per_expert,
+                                   const torch::Tensor& expert_ends) {
   SY_CHECK(tokens_per_expert.numel() == num_local(), "experts: got ", tokens_per_expert.numel(),
            " token counts for ", num_local(), " local experts");
 #if SY_TORCH_AT_LEAST(2, 9)
@@ -150,12 +154,13 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   const bool aligned = x.size(1) % 8 == 0 && w_in.size(2) % 8 == 0 && hidden_ % 8 == 0;
   if (x.is_cuda() && aligned && (x.scalar_type() == torch::kBFloat16 || autocast_bf16)) {
     const auto counts = tokens_per_expert.to(x.device(), torch::kInt64);
-    const auto offs = counts.cumsum(0).to(torch::kInt32);
+    const auto offs = expert_ends.defined() ? expert_ends : counts.cumsum(0).to(torch::kInt32);
     // A weight being trained takes GroupedLinearFn, whose backward needs the counts on the host.
     const auto trained = [&](const torch::Tensor& w) { return torch::GradMode::is_enabled() && w.requires_grad() && w.is_leaf(); };
     const bool train_in = trained(w_in), train_out = trained(w_out);
     const auto host_counts = train_in || train_out ? c10::make_intrusive<HostCounts>(counts) : nullptr;
     const auto h = grouped_linear(x.to(torch::kBFloat16), w_in, offs, train_in ? host_counts : nullptr);
+    if (host_counts) host_counts->start();
     return grouped_linear(activate(h), w_out, offs, train_out ? host_counts : nullptr);
   }
 #endif

@@ -21,8 +21,11 @@ class ExpertsImpl : public torch::nn::Module {
               double init_std, uint64_t seed);
 
   /// x [S, d] grouped by local expert (tokens_per_expert[i] rows for local expert i, in order);
-  /// tokens_per_expert [E_local] int64. Returns [S, d]. Experts with no rows are skipped.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& tokens_per_expert);
+  /// tokens_per_expert [E_local] int64; expert_ends, if defined, their running sum as int32 on x's
+  /// device (the dispatcher's, saving the grouped GEMM path two kernels). Returns [S, d]. Experts
+  /// with no rows are skipped.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& tokens_per_expert,
+                        const torch::Tensor& expert_ends = {});
 
   /// The MLP of one local expert on x [n, d] (the reference path; also used by tests).
   torch::Tensor expert_forward(int64_t local_idx, const torch::Tensor& x);

@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "modules/moe_kernel_limits.h"
+
 namespace switchyard::modules::kernels::cuda {
 namespace {
 
@@ -134,6 +136,163 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ grad_out, const T* 
     }
     *reinterpret_cast<Pack<T, V>*>(grad_h + n * 2 * f + c) = dg;
     *reinterpret_cast<Pack<T, V>*>(grad_h + n * 2 * f + f + c) = du;
+  }
+}
+
+// Softmax top-k routing, one warp per token: the token's E logits spread over the lanes (P per lane),
+// softmax by warp reductions, then k rounds of a warp arg-max over the unpicked experts (larger
+// probability first, the lower expert id on a tie). Lane j < k keeps the j-th pick.
+template <int P>
+__global__ void softmax_topk_kernel(const float* __restrict__ logits, float* __restrict__ probs,
+                                    float* __restrict__ gates, int64_t* __restrict__ expert_idx, int64_t tokens,
+                                    int experts, int k, bool normalize) {
+  const int lane = threadIdx.x % 32;
+  const int64_t t = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  if (t >= tokens) return;  // the whole warp: t is the warp's
+  float v[P];
+  float top = -INFINITY;
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int e = lane + 32 * p;
+    v[p] = e < experts ? logits[t * experts + e] : -INFINITY;
+    top = fmaxf(top, v[p]);
+  }
+  for (int off = 16; off > 0; off /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, off));
+  float sum = 0.f;
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    v[p] = lane + 32 * p < experts ? expf(v[p] - top) : 0.f;
+    sum += v[p];
+  }
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int e = lane + 32 * p;
+    v[p] /= sum;
+    if (e < experts) probs[t * experts + e] = v[p];
+  }
+  unsigned picked = 0;  // bit p: expert lane + 32 p is taken
+  float mine = 0.f, picked_sum = 0.f;
+  int mine_idx = 0;
+  for (int j = 0; j < k; ++j) {
+    float best = -1.f;  // probabilities are >= 0
+    int best_e = experts;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int e = lane + 32 * p;
+      if (e < experts && !(picked >> p & 1u) && v[p] > best) {
+        best = v[p];
+        best_e = e;
+      }
+    }
+    for (int off = 16; off > 0; off /= 2) {
+      const float other = __shfl_xor_sync(0xffffffffu, best, off);
+      const int other_e = __shfl_xor_sync(0xffffffffu, best_e, off);
+      if (other > best || (other == best && other_e < best_e)) {
+        best = other;
+        best_e = other_e;
+      }
+    }
+    if (best_e % 32 == lane) picked |= 1u << (best_e / 32);
+    if (lane == j) {
+      mine = best;
+      mine_idx = best_e;
+    }
+    picked_sum += best;
+  }
+  if (lane < k) {
+    gates[t * k + lane] = normalize ? mine / fmaxf(picked_sum, 1e-20f) : mine;
+    expert_idx[t * k + lane] = mine_idx;
+  }
+}
+
+// The counting sort of slots by expert (stable), in two kernels over chunks of slots, one chunk per
+// block: per-chunk expert histograms, then each block places its slots after those of earlier
+// experts and earlier chunks. Within a chunk, tiles of one slot per thread in order; a slot's rank
+// among its warp's slots of the same expert comes from __match_any_sync.
+constexpr int kSortThreads = 256, kSortWarps = kSortThreads / 32;
+
+__global__ void slot_histogram_kernel(const int64_t* __restrict__ expert, int64_t slots, int64_t chunk, int experts,
+                                      int* __restrict__ hist) {
+  extern __shared__ int counts[];
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  const int64_t begin = blockIdx.x * chunk, end = min(begin + chunk, slots);
+  for (int64_t s = begin + threadIdx.x; s < end; s += blockDim.x) {
+    const int64_t e = expert[s];
+    if (e >= 0 && e < experts) atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) hist[blockIdx.x * static_cast<int64_t>(experts) + e] = counts[e];
+}
+
+__global__ void slot_scatter_kernel(const int64_t* __restrict__ expert, int64_t slots, int64_t chunk, int experts,
+                                    int k, const int* __restrict__ hist, int chunks, int64_t* __restrict__ slot_idx,
+                                    int64_t* __restrict__ token_idx, int64_t* __restrict__ row_of_slot,
+                                    int64_t* __restrict__ counts, int* __restrict__ ends) {
+  extern __shared__ unsigned char smem[];
+  auto* next = reinterpret_cast<int64_t*>(smem);                // [E] this block's next row of expert e
+  auto* warp_prefix = reinterpret_cast<int*>(next + experts);   // [warps, E] tile counts, then prefixes
+  auto* tile_total = warp_prefix + kSortWarps * experts;         // [E]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+    int64_t before = 0, total = 0;
+    for (int b = 0; b < chunks; ++b) {
+      const int c = hist[b * static_cast<int64_t>(experts) + e];
+      total += c;
+      if (b < static_cast<int>(blockIdx.x)) before += c;
+    }
+    next[e] = before;
+    tile_total[e] = static_cast<int>(total);  // the host checks that slots fit in int
+    if (blockIdx.x == 0) counts[e] = total;
+    for (int w = 0; w < kSortWarps; ++w) warp_prefix[w * experts + e] = 0;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {  // expert e's rows start after every earlier expert's
+    int64_t start = 0;
+    for (int e = 0; e < experts; ++e) {
+      next[e] += start;
+      start += tile_total[e];
+      if (blockIdx.x == 0) ends[e] = static_cast<int>(start);
+    }
+  }
+  __syncthreads();
+  const int64_t begin = blockIdx.x * chunk, end = min(begin + chunk, slots);
+  for (int64_t tile = begin; tile < end; tile += blockDim.x) {
+    const int64_t s = tile + threadIdx.x;
+    const int64_t e64 = s < end ? expert[s] : -1;
+    const bool routed = e64 >= 0 && e64 < experts;
+    const int e = routed ? static_cast<int>(e64) : -1;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const int rank = __popc(peers & ((1u << lane) - 1u));
+    if (routed && rank == 0) warp_prefix[warp * experts + e] = __popc(peers);
+    __syncthreads();
+    for (int x = threadIdx.x; x < experts; x += blockDim.x) {
+      int running = 0;
+      for (int w = 0; w < kSortWarps; ++w) {
+        const int c = warp_prefix[w * experts + x];
+        warp_prefix[w * experts + x] = running;
+        running += c;
+      }
+      tile_total[x] = running;
+    }
+    __syncthreads();
+    if (s < end) {
+      if (routed) {
+        const int64_t row = next[e] + warp_prefix[warp * experts + e] + rank;
+        slot_idx[row] = s;
+        token_idx[row] = s / k;
+        row_of_slot[s] = row;
+      } else {
+        row_of_slot[s] = -1;
+      }
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < experts; x += blockDim.x) {
+      next[x] += tile_total[x];
+      for (int w = 0; w < kSortWarps; ++w) warp_prefix[w * experts + x] = 0;
+    }
+    __syncthreads();
   }
 }
 
@@ -302,6 +461,69 @@ at::Tensor expert_input_grad(const at::Tensor& dy_in, const at::Tensor& w_in, co
     offset += n;
   }
   return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_topk(const at::Tensor& logits_in, int64_t k, bool normalize) {
+  c10::cuda::CUDAGuard guard(logits_in.device());
+  TORCH_CHECK(logits_in.scalar_type() == at::kFloat && logits_in.dim() == 2 && logits_in.size(1) <= kSoftmaxTopKMaxExperts &&
+                  k >= 1 && k <= std::min(kSoftmaxTopKMaxK, logits_in.size(1)),
+              "softmax_topk: fp32 logits [T, E <= ", kSoftmaxTopKMaxExperts, "] and 1 <= k <= min(",
+              kSoftmaxTopKMaxK, ", E) expected, got ", logits_in.sizes(), " and k = ", k);
+  const auto logits = logits_in.contiguous();
+  const int64_t tokens = logits.size(0);
+  const int experts = static_cast<int>(logits.size(1));
+  auto probs = at::empty_like(logits);
+  auto gates = at::empty({tokens, k}, logits.options());
+  auto expert_idx = at::empty({tokens, k}, logits.options().dtype(at::kLong));
+  if (tokens == 0) return {gates, probs, expert_idx};
+  constexpr int kTokensPerBlock = kThreads / 32;
+  const auto blocks = static_cast<unsigned>((tokens + kTokensPerBlock - 1) / kTokensPerBlock);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto launch = [&](auto per_lane) {
+    softmax_topk_kernel<decltype(per_lane)::value><<<blocks, kThreads, 0, stream>>>(
+        logits.data_ptr<float>(), probs.data_ptr<float>(), gates.data_ptr<float>(), expert_idx.data_ptr<int64_t>(),
+        tokens, experts, static_cast<int>(k), normalize);
+  };
+  if (experts <= 32) launch(std::integral_constant<int, 1>());
+  else if (experts <= 64) launch(std::integral_constant<int, 2>());
+  else if (experts <= 128) launch(std::integral_constant<int, 4>());
+  else launch(std::integral_constant<int, 8>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {gates, probs, expert_idx};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> counting_sort_slots(const at::Tensor& expert_idx_in,
+                                                                                           int64_t num_experts) {
+  c10::cuda::CUDAGuard guard(expert_idx_in.device());
+  TORCH_CHECK(expert_idx_in.dim() == 2 && num_experts >= 1 && num_experts <= kCountingSortMaxExperts,
+              "counting_sort_slots: expert_idx [T, k] and 1 <= experts <= ", kCountingSortMaxExperts, " expected");
+  const auto expert = expert_idx_in.to(at::kLong).contiguous();
+  const int64_t tokens = expert.size(0), k = expert.size(1), slots = tokens * k;
+  TORCH_CHECK(slots < std::numeric_limits<int>::max(), "counting_sort_slots: ", slots, " slots do not fit in int");
+  const auto options = expert.options();
+  auto slot_idx = at::empty({slots}, options), token_idx = at::empty({slots}, options);
+  auto row_of_slot = at::empty({tokens, k}, options);
+  if (slots == 0) {
+    return {slot_idx, token_idx, row_of_slot, at::zeros({num_experts}, options), at::zeros({num_experts}, options.dtype(at::kInt))};
+  }
+  // Block 0 writes every count and end.
+  auto counts = at::empty({num_experts}, options), ends = at::empty({num_experts}, options.dtype(at::kInt));
+  // Chunks of at least 1,024 slots, at most 128 of them: each block reads every chunk's histogram.
+  const int64_t chunk = std::max<int64_t>(1024, (slots + 127) / 128);
+  const int chunks = static_cast<int>((slots + chunk - 1) / chunk);
+  const int experts = static_cast<int>(num_experts);
+  auto hist = at::empty({chunks, num_experts}, options.dtype(at::kInt));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  slot_histogram_kernel<<<chunks, kSortThreads, experts * sizeof(int), stream>>>(expert.data_ptr<int64_t>(), slots, chunk,
+                                                                                 experts, hist.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const size_t smem = experts * (sizeof(int64_t) + (kSortWarps + 1) * sizeof(int));
+  slot_scatter_kernel<<<chunks, kSortThreads, smem, stream>>>(
+      expert.data_ptr<int64_t>(), slots, chunk, experts, static_cast<int>(k), hist.data_ptr<int>(), chunks,
+      slot_idx.data_ptr<int64_t>(), token_idx.data_ptr<int64_t>(), row_of_slot.data_ptr<int64_t>(),
+      counts.data_ptr<int64_t>(), ends.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {slot_idx, token_idx, row_of_slot, counts, ends};
 }
 
 }  // namespace switchyard::modules::kernels::cuda

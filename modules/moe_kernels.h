@@ -1,4 +1,5 @@
-// Fused MoE kernels: permute (token rows to expert order), un-permute with gate weighting, SwiGLU.
+// Fused MoE kernels: softmax top-k routing, the counting sort of slots by expert, permute (token rows
+// to expert order), un-permute with gate weighting, SwiGLU.
 // Each has a CUDA kernel (moe_kernels.cu, built with SWITCHYARD_WITH_CUDA) and a CPU reference made of
 // plain ATen ops; the differentiable entry points pick the kernel by device. No host
 // synchronization: all shapes are known on the host.
@@ -10,7 +11,10 @@
 
 #include <torch/torch.h>
 
+#include <tuple>
 #include <vector>
+
+#include "modules/moe_kernel_limits.h"
 
 namespace switchyard::modules::kernels {
 
@@ -33,6 +37,14 @@ torch::Tensor swiglu(const torch::Tensor& h);
 /// row_of_slot [T, k] from the rows' flat slot indices slot_idx [S] (t * k + j).
 torch::Tensor rows_of_slots(const torch::Tensor& slot_idx, int64_t num_tokens, int64_t k);
 
+/// Softmax top-k routing of logits [T, E]: {gates [T, k], probs [T, E], expert_idx [T, k] int64}, the k
+/// largest probabilities largest first, gates renormalized to sum to 1 when `normalize`.
+/// Differentiable in logits through gates and probs (the backward in ATen ops, on either device).
+/// The forward is one CUDA kernel where softmax_topk_fused() holds, ATen's softmax and topk elsewhere.
+std::vector<torch::Tensor> softmax_topk(const torch::Tensor& logits, int64_t k, bool normalize);
+/// Whether softmax_topk runs its CUDA kernel: fp32 CUDA logits, E <= 256, k <= 32.
+bool softmax_topk_fused(const torch::Tensor& logits, int64_t k);
+
 // The non-differentiable pieces, exposed for tests (CUDA kernel on CUDA tensors, ATen reference on CPU).
 namespace raw {
 /// out [T, d] (dtype of rows), out[t] = sum_j scale[r] * rows[r] over r = row_of_slot[t, j] >= 0, in
@@ -53,6 +65,16 @@ void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const s
 /// The input gradient of a grouped GEMM: dx [S, K] with dx_e = dy_e w_e^T over expert e's rows,
 /// `counts` on the host; dy [S, N] and w [E, K, N] of one dtype. On CUDA one cuBLAS GEMM per expert.
 torch::Tensor expert_input_grad(const torch::Tensor& dy, const torch::Tensor& w, const std::vector<int64_t>& counts);
+/// softmax_topk's forward, without autograd: {gates, probs, expert_idx}. On CUDA the kernel (ties: the
+/// lower expert id first); on the CPU softmax and topk.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> softmax_topk_forward(const torch::Tensor& logits, int64_t k,
+                                                                             bool normalize);
+/// Every slot of expert_idx [T, k] (CUDA, ids in [0, num_experts), num_experts <= 1024) sorted
+/// stably by expert with a counting sort, two kernels: {slot_idx [T k], token_idx [T k],
+/// row_of_slot [T, k], counts [num_experts]} int64, as sort_slots_by_expert's ATen path gives, and
+/// ends [num_experts] int32 (the counts' running sum, the offsets a grouped GEMM takes).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> counting_sort_slots(
+    const torch::Tensor& expert_idx, int64_t num_experts);
 }  // namespace raw
 
 }  // namespace switchyard::modules::kernels

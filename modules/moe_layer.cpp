@@ -44,7 +44,7 @@ MoELayerImpl::MoELayerImpl(const core::ModelConfig& model, const core::LossesCon
 torch::Tensor MoELayerImpl::routed_experts(const torch::Tensor& x, const torch::Tensor& expert_idx,
                                            const torch::Tensor& gates) {
   const Dispatched dispatched = dispatcher_->dispatch(x, expert_idx, gates);
-  const auto expert_out = experts->forward(dispatched.tokens, dispatched.tokens_per_expert);
+  const auto expert_out = experts->forward(dispatched.tokens, dispatched.tokens_per_expert, dispatched.expert_ends);
   return dispatcher_->combine_weighted(expert_out, dispatched.slot_gates, dispatched);
 }
 
@@ -74,7 +74,8 @@ torch::Tensor MoELayerImpl::routed_experts_overlapped(const torch::Tensor& x, co
     side.main_waits_side();
     side.used_on_main(dispatched[c].tokens);
     side.used_on_main(dispatched[c].tokens_per_expert);
-    expert_out[c] = experts->forward(dispatched[c].tokens, dispatched[c].tokens_per_expert);
+    side.used_on_main(dispatched[c].expert_ends);
+    expert_out[c] = experts->forward(dispatched[c].tokens, dispatched[c].tokens_per_expert, dispatched[c].expert_ends);
     experts_done[c] = side.mark_main();
     if (c > 0) combine(c - 1);
   }
@@ -90,6 +91,9 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& 
   const int64_t num_experts = config_.num_experts;
   MoEOutput out;
 
+  // The shared experts first: they need no routing, so the card runs them while the host issues the
+  // routing's small kernels (on CUDA the start of the forward is bound by the host).
+  const auto shared_y = shared ? shared->forward(x) : torch::Tensor();
   Routing routing = router->forward(x, token_ids.defined() ? token_ids.reshape({-1}) : token_ids);
   if (every_slot_routed(config_)) {  // known on the host: no kernels before the exchange for them
     out.stats.routed_slots = torch::scalar_tensor(num_tokens * routing.expert_idx.size(1), torch::kInt64);
@@ -129,7 +133,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& 
       y = y + (constants * null_gate.unsqueeze(2).to(constants.scalar_type())).sum(1);
     }
   }
-  if (shared) y = y + shared->forward(x);
+  if (shared) y = y + shared_y;
   out.y = y.reshape(x_in.sizes());
 
   // Losses, each weighted by its coefficient; zero coefficients are skipped.

@@ -2,6 +2,7 @@
 #include "modules/token_dispatcher.h"
 
 #include <numeric>
+#include <tuple>
 
 #include "modules/moe_kernels.h"
 
@@ -16,7 +17,13 @@ struct LocalState {
 }  // namespace
 
 SortedSlots sort_slots_by_expert(const torch::Tensor& expert_idx, int64_t num_experts, bool every_slot_routed) {
-  const int64_t k = expert_idx.size(1);
+  const int64_t num_tokens = expert_idx.size(0), k = expert_idx.size(1);
+  SortedSlots s;
+  if (every_slot_routed && expert_idx.is_cuda() && num_experts <= kernels::kCountingSortMaxExperts) {
+    std::tie(s.slot_idx, s.token_idx, s.row_of_slot, s.counts, s.ends) =
+        kernels::raw::counting_sort_slots(expert_idx, num_experts);
+    return s;
+  }
   const auto flat = expert_idx.reshape({-1});
   const auto slot_idx = every_slot_routed ? torch::arange(flat.size(0), flat.options())
                                           : flat.ge(0).logical_and(flat.lt(num_experts)).nonzero().reshape({-1});
@@ -25,27 +32,25 @@ SortedSlots sort_slots_by_expert(const torch::Tensor& expert_idx, int64_t num_ex
   // byte (int64 ids: 8 passes where uint8 needs one). The stable order is the same.
   const auto key_type = num_experts <= 256 ? torch::kUInt8 : num_experts <= 32768 ? torch::kInt16 : torch::kInt32;
   const auto order = std::get<1>(experts.to(key_type).sort(/*stable=*/true, 0, /*descending=*/false));
-  SortedSlots s;
   s.slot_idx = slot_idx.index_select(0, order);
-  s.expert = experts.index_select(0, order);
   s.token_idx = s.slot_idx.div(k, "floor");
+  s.row_of_slot = kernels::rows_of_slots(s.slot_idx, num_tokens, k);
+  // Rows per expert from the sorted ids by binary search: no atomics, no host sync.
+  const auto sorted = experts.index_select(0, order);
+  const auto bounds = torch::searchsorted(sorted, torch::arange(num_experts + 1, sorted.options()));
+  s.counts = (bounds.narrow(0, 1, num_experts) - bounds.narrow(0, 0, num_experts)).to(torch::kInt64);
   return s;
-}
-
-torch::Tensor count_sorted(const torch::Tensor& sorted_expert, int64_t num_experts) {
-  const auto bounds = torch::searchsorted(sorted_expert, torch::arange(num_experts + 1, sorted_expert.options()));
-  return (bounds.narrow(0, 1, num_experts) - bounds.narrow(0, 0, num_experts)).to(torch::kInt64);
 }
 
 Dispatched LocalDispatcher::dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx,
                                      const torch::Tensor& gates) {
   const auto slots = sort_slots_by_expert(expert_idx, num_experts_, every_slot_routed_);
-  const auto row_of_slot = kernels::rows_of_slots(slots.slot_idx, x.size(0), expert_idx.size(1));
   Dispatched d;
-  d.tokens = kernels::permute(x, slots.token_idx, row_of_slot);
+  d.tokens = kernels::permute(x, slots.token_idx, slots.row_of_slot);
   d.slot_gates = gates.reshape({-1}).index_select(0, slots.slot_idx);
-  d.tokens_per_expert = count_sorted(slots.expert, num_experts_);
-  d.state = std::make_shared<LocalState>(LocalState{slots.token_idx, row_of_slot, x.size(0)});
+  d.tokens_per_expert = slots.counts;
+  d.expert_ends = slots.ends;
+  d.state = std::make_shared<LocalState>(LocalState{slots.token_idx, slots.row_of_slot, x.size(0)});
   return d;
 }
 

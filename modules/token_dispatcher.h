@@ -15,6 +15,7 @@ struct Dispatched {
   torch::Tensor tokens;             ///< [S, d] rows for this rank's experts, grouped by local expert
   torch::Tensor slot_gates;         ///< [S] fp32 gate of each row (differentiable)
   torch::Tensor tokens_per_expert;  ///< [E_local] int64
+  torch::Tensor expert_ends;        ///< [E_local] int32 running sum of tokens_per_expert, or undefined
   std::shared_ptr<void> state;
 };
 
@@ -60,16 +61,17 @@ class LocalDispatcher : public TokenDispatcher {
 };
 
 /// The slots of expert_idx [T, k] that go to an expert (index in [0, num_experts)), sorted stably by
-/// expert: their token indices and flat slot indices (t * k + j). Shared by every dispatcher.
-/// `every_slot_routed`: the caller knows every slot has an expert (no host sync to find them).
+/// expert: their token indices and flat slot indices (t * k + j), each slot's row and the rows per
+/// expert. Shared by every dispatcher. `every_slot_routed`: the caller knows every slot has an
+/// expert (no host sync to find them); on CUDA with up to 1,024 experts that takes the counting sort
+/// (two kernels), elsewhere a radix sort of the ids.
 struct SortedSlots {
-  torch::Tensor token_idx;  ///< [S] int64
-  torch::Tensor slot_idx;   ///< [S] int64
-  torch::Tensor expert;     ///< [S] int64
+  torch::Tensor token_idx;    ///< [S] int64
+  torch::Tensor slot_idx;     ///< [S] int64
+  torch::Tensor row_of_slot;  ///< [T, k] int64, -1 for a slot that goes to no expert
+  torch::Tensor counts;       ///< [num_experts] int64 rows per expert, on the ids' device
+  torch::Tensor ends;         ///< [num_experts] int32 running sum of counts (the counting sort's), or undefined
 };
 SortedSlots sort_slots_by_expert(const torch::Tensor& expert_idx, int64_t num_experts, bool every_slot_routed = false);
-
-/// Rows per expert [num_experts] int64 of expert ids sorted ascending, on their device (no sync).
-torch::Tensor count_sorted(const torch::Tensor& sorted_expert, int64_t num_experts);
 
 }  // namespace switchyard::modules

@@ -310,12 +310,12 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
   const auto rows_gates = recv[1].index_select(0, state->canonical_order);
   const auto slots = modules::sort_slots_by_expert(recv_local.index_select(0, state->canonical_order), local_experts);
   state->slot_row = slots.token_idx;
-  state->row_slots = modules::kernels::rows_of_slots(slots.slot_idx, recv_meta.size(0), k);
+  state->row_slots = slots.row_of_slot;
 
   modules::Dispatched d;
   d.tokens = modules::kernels::permute(rows_x, slots.token_idx, state->row_slots);
   d.slot_gates = rows_gates.reshape({-1}).index_select(0, slots.slot_idx);
-  d.tokens_per_expert = torch::bincount(slots.expert, {}, local_experts);
+  d.tokens_per_expert = slots.counts;
   d.state = state;
   return d;
 }

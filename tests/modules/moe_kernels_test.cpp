@@ -37,29 +37,94 @@ TEST(MoeKernels, RowsOfSlotsInvertsTheSort) {
 }
 
 TEST(MoeKernels, SlotsSortStablyByExpertWhateverTheKeyWidth) {
-  // The sort narrows expert ids to uint8, int16 or int32 by the expert count; every width must give
-  // the stable order of the int64 ids: experts ascending, slots ascending within an expert.
+  // The ATen path narrows expert ids to uint8, int16 or int32 by the expert count, and CUDA sorts
+  // every-slot-routed ids of up to 1,024 experts with the counting sort (several chunks and tiles at
+  // 3,000 x 6 slots): each must give the stable order of the int64 ids (experts ascending, slots
+  // ascending within an expert), each slot's row and the rows per expert.
   torch::manual_seed(4);
   std::vector<torch::Device> devices{torch::kCPU};
   if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);
   for (const auto& device : devices) {
-    for (const int64_t experts : {4, 256, 257, 40000}) {
-      for (const bool drop : {false, true}) {
-        const int64_t tokens = 600, k = 2;
-        // Ids from a few values spread over the range (repeats test the stability), the largest among them.
-        auto idx = (torch::randint(0, 37, {tokens, k}, torch::kInt64) * (experts / 37 + 1)).clamp_max(experts - 1);
-        idx[0][0] = experts - 1;
-        if (drop) idx.masked_fill_(torch::rand({tokens, k}).lt(0.25), -1);
-        const auto s = sort_slots_by_expert(idx.to(device), experts, /*every_slot_routed=*/!drop);
-        const auto valid = idx.reshape({-1}).ge(0).nonzero().reshape({-1});
-        const auto expected_order = std::get<1>(idx.reshape({-1}).index_select(0, valid).sort(true, 0, false));
-        const std::string what = device.str() + " experts " + std::to_string(experts) + (drop ? " with drops" : "");
-        EXPECT_TRUE(torch::equal(s.slot_idx.cpu(), valid.index_select(0, expected_order))) << what;
-        EXPECT_TRUE(torch::equal(s.token_idx.cpu(), s.slot_idx.cpu().div(k, "floor"))) << what;
-        const auto rows = rows_of_slots(s.slot_idx, tokens, k).reshape({-1}).cpu();
-        EXPECT_EQ(rows.ge(0).sum().item<int64_t>(), valid.size(0)) << what;
-        EXPECT_TRUE(torch::equal(rows.index_select(0, s.slot_idx.cpu()), torch::arange(valid.size(0)))) << what;
+    for (const int64_t experts : {4, 64, 256, 257, 1024, 40000}) {
+      for (const auto [tokens, k] : {std::pair<int64_t, int64_t>{600, 2}, {3000, 6}}) {
+        for (const bool drop : {false, true}) {
+          // Ids from a few values spread over the range (repeats test the stability), the largest among them.
+          auto idx = (torch::randint(0, 37, {tokens, k}, torch::kInt64) * (experts / 37 + 1)).clamp_max(experts - 1);
+          idx[0][0] = experts - 1;
+          if (drop) idx.masked_fill_(torch::rand({tokens, k}).lt(0.25), -1);
+          const auto s = sort_slots_by_expert(idx.to(device), experts, /*every_slot_routed=*/!drop);
+          const auto flat = idx.reshape({-1});
+          const auto valid = flat.ge(0).nonzero().reshape({-1});
+          const auto expected_order = std::get<1>(flat.index_select(0, valid).sort(true, 0, false));
+          const std::string what = device.str() + " experts " + std::to_string(experts) + " slots " +
+                                   std::to_string(tokens * k) + (drop ? " with drops" : "");
+          EXPECT_TRUE(torch::equal(s.slot_idx.cpu(), valid.index_select(0, expected_order))) << what;
+          EXPECT_TRUE(torch::equal(s.token_idx.cpu(), s.slot_idx.cpu().div(k, "floor"))) << what;
+          const auto rows = s.row_of_slot.reshape({-1}).cpu();
+          EXPECT_EQ(rows.ge(0).sum().item<int64_t>(), valid.size(0)) << what;
+          EXPECT_TRUE(torch::equal(rows.index_select(0, s.slot_idx.cpu()), torch::arange(valid.size(0)))) << what;
+          EXPECT_TRUE(torch::equal(s.counts.cpu(), torch::bincount(flat.index_select(0, valid), {}, experts))) << what;
+        }
       }
+    }
+  }
+}
+
+/// softmax, topk, renormalize: the ATen composition softmax_topk stands for, differentiated by autograd.
+std::vector<torch::Tensor> softmax_topk_reference(const torch::Tensor& logits, int64_t k, bool normalize) {
+  const auto probs = torch::softmax(logits, -1);
+  auto [top_p, idx] = probs.topk(k, -1);
+  return {normalize ? top_p / top_p.sum(-1, true).clamp_min(1e-20) : top_p, probs, idx};
+}
+
+TEST(MoeKernels, SoftmaxTopKGradientsAreAutogradsOfSoftmaxThenTopK) {
+  torch::manual_seed(12);
+  for (const bool normalize : {true, false}) {
+    for (const int64_t k : {1, 2, 5}) {
+      const auto logits = torch::randn({40, 7}, torch::kDouble);
+      const auto probe_gates = torch::randn({40, k}, torch::kDouble), probe_probs = torch::randn({40, 7}, torch::kDouble);
+      std::vector<torch::Tensor> grads;
+      std::vector<std::vector<torch::Tensor>> outs;
+      for (const bool fused : {true, false}) {
+        const auto l = logits.clone().requires_grad_();
+        const auto out = fused ? softmax_topk(l, k, normalize) : softmax_topk_reference(l, k, normalize);
+        ((out[0] * probe_gates).sum() + (out[1] * probe_probs).sum()).backward();
+        grads.push_back(l.grad());
+        outs.push_back(out);
+      }
+      const std::string what = "k " + std::to_string(k) + (normalize ? " renormalized" : "");
+      for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(outs[0][i], outs[1][i], 1e-14, 0)) << what << " output " << i;
+      EXPECT_LT(rel_l2(grads[0], grads[1]), 1e-12) << what;
+      // Through the gates alone (the probs' gradient zero, as when no balance loss reads them).
+      const auto l = logits.clone().requires_grad_();
+      expect_gradients_match([&] { return (softmax_topk(l, k, normalize)[0] * probe_gates).sum(); }, {l}, what);
+    }
+  }
+}
+
+TEST(MoeKernels, CudaSoftmaxTopKMatchesTheCpuReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(13);
+  // E across the lane layouts (1, 2, 4 and 8 per lane; not a multiple of 32), k up to 8.
+  for (const int64_t experts : {8, 33, 64, 160, 256}) {
+    for (const int64_t k : {1, 2, 6}) {
+      const auto logits = torch::randn({517, experts}) * 3;
+      const auto probe_gates = torch::randn({517, k}), probe_probs = torch::randn({517, experts});
+      ASSERT_TRUE(softmax_topk_fused(logits.cuda(), k));
+      std::vector<torch::Tensor> grads;
+      std::vector<std::vector<torch::Tensor>> outs;
+      for (const auto device : {torch::kCUDA, torch::kCPU}) {
+        const auto l = logits.to(device).requires_grad_();
+        const auto out = softmax_topk(l, k, true);
+        ((out[0] * probe_gates.to(device)).sum() + (out[1] * probe_probs.to(device)).sum()).backward();
+        grads.push_back(l.grad().cpu());
+        outs.push_back({out[0].cpu(), out[1].cpu(), out[2].cpu()});
+      }
+      const std::string what = "experts " + std::to_string(experts) + " k " + std::to_string(k);
+      EXPECT_TRUE(torch::equal(outs[0][2], outs[1][2])) << what << " expert ids";
+      EXPECT_LT(rel_l2(outs[0][0], outs[1][0]), 1e-6) << what << " gates";
+      EXPECT_LT(rel_l2(outs[0][1], outs[1][1]), 1e-6) << what << " probs";
+      EXPECT_LT(rel_l2(grads[0], grads[1]), 1e-5) << what << " logits gradient";
     }
   }
 }
