@@ -212,7 +212,9 @@ class SoftmaxTopKFn : public torch::autograd::Function<SoftmaxTopKFn> {
       const auto through_sum = (grad_picked * gates).sum(-1, true) * sum.ge(1e-20).to(sum.scalar_type());
       grad_picked = (grad_picked - through_sum) / sum.clamp_min(1e-20);
     }
-    const auto grad_probs = grads[1].scatter_add(1, expert_idx, grad_picked);
+    // A row's picks are distinct experts: a plain scatter (as topk's own backward does; deterministic
+    // where train.deterministic asks for it), then the add.
+    const auto grad_probs = grads[1] + torch::zeros_like(probs).scatter(1, expert_idx, grad_picked);
     return {probs * (grad_probs - (grad_probs * probs).sum(-1, true)), torch::Tensor(), torch::Tensor()};
   }
 };
