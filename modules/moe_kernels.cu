@@ -165,6 +165,9 @@ __global__ void softmax_topk_kernel(const float* __restrict__ logits, float* __r
     sum += v[p];
   }
   for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  // A NaN or infinite logit makes every probability of the row NaN: the picks are then the lowest
+  // ids (always valid rows for the dispatch) and the gates NaN, so the loss shows it.
+  const bool nan_row = !(sum == sum);
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = lane + 32 * p;
@@ -180,8 +183,9 @@ __global__ void softmax_topk_kernel(const float* __restrict__ logits, float* __r
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = lane + 32 * p;
-      if (e < experts && !(picked >> p & 1u) && v[p] > best) {
-        best = v[p];
+      const float key = nan_row ? 0.f : v[p];
+      if (e < experts && !(picked >> p & 1u) && key > best) {
+        best = key;
         best_e = e;
       }
     }
@@ -200,6 +204,7 @@ __global__ void softmax_topk_kernel(const float* __restrict__ logits, float* __r
     }
     picked_sum += best;
   }
+  if (nan_row) mine = NAN;
   if (lane < k) {
     gates[t * k + lane] = normalize ? mine / fmaxf(picked_sum, 1e-20f) : mine;
     expert_idx[t * k + lane] = mine_idx;

@@ -2,6 +2,8 @@
 // differences (double), and the CUDA kernels against the CPU references (skipped without a GPU).
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "modules/moe_kernels.h"
 #include "modules/token_dispatcher.h"
 #include "tests/test_util.h"
@@ -127,6 +129,16 @@ TEST(MoeKernels, CudaSoftmaxTopKMatchesTheCpuReference) {
       EXPECT_LT(rel_l2(grads[0], grads[1]), 1e-5) << what << " logits gradient";
     }
   }
+  // A row with a NaN logit (a diverged step): valid, distinct expert ids (the dispatch reads rows by
+  // them) and NaN gates, the other rows untouched.
+  auto logits = torch::randn({4, 40});
+  logits[2][7] = std::numeric_limits<float>::quiet_NaN();
+  const auto out = softmax_topk(logits.cuda(), 3, true);
+  const auto ids = out[2].cpu();
+  EXPECT_TRUE(torch::equal(ids[2], torch::arange(3))) << "the NaN row's picks are the lowest ids";
+  EXPECT_TRUE(out[0].cpu()[2].isnan().all().item<bool>());
+  EXPECT_FALSE(out[0].cpu()[1].isnan().any().item<bool>());
+  EXPECT_TRUE(torch::equal(ids[1], std::get<1>(torch::softmax(logits[1], -1).topk(3))));
 }
 
 TEST(MoeKernels, PermuteAndUnpermuteEqualGatherAndIndexAdd) {
