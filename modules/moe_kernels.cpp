@@ -133,6 +133,22 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> softmax_topk_forward(con
   return {gates, probs, expert_idx};
 }
 
+torch::Tensor softmax_topk_backward(const torch::Tensor& grad_gates, const torch::Tensor& grad_probs,
+                                   const torch::Tensor& gates, const torch::Tensor& probs,
+                                   const torch::Tensor& expert_idx, bool normalize) {
+  auto grad_picked = grad_gates.defined() ? grad_gates : torch::zeros_like(gates);
+  if (normalize) {
+    const auto sum = probs.gather(1, expert_idx).sum(-1, true);
+    const auto through_sum = (grad_picked * gates).sum(-1, true) * sum.ge(1e-20).to(sum.scalar_type());
+    grad_picked = (grad_picked - through_sum) / sum.clamp_min(1e-20);
+  }
+  // A row's picks are distinct experts: a plain scatter (as topk's own backward does; deterministic
+  // where train.deterministic asks for it), then the add.
+  auto grad_p = torch::zeros_like(probs).scatter(1, expert_idx, grad_picked);
+  if (grad_probs.defined()) grad_p = grad_probs + grad_p;
+  return probs * (grad_p - (grad_p * probs).sum(-1, true));
+}
+
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> counting_sort_slots(
     const torch::Tensor& expert_idx, int64_t num_experts) {
   SY_CHECK(expert_idx.is_cuda(), "counting_sort_slots: a CUDA kernel; the CPU sorts with sort_slots_by_expert");
@@ -191,9 +207,7 @@ class SumRowsFn : public torch::autograd::Function<SumRowsFn> {
   }
 };
 
-/// Gates g = top-k of p = softmax(logits), over s = sum of the picked p when renormalized (g = p / s):
-/// dL/dp_m = dL/dp_m (through probs) + [m picked] (dL/dg_m - sum_j dL/dg_j g_j) / s, then the softmax
-/// backward dL/dlogits = p (dL/dp - <dL/dp, p>). s below the 1e-20 floor acts as a constant.
+/// The CUDA kernel's forward; the backward in ATen ops (raw::softmax_topk_backward).
 class SoftmaxTopKFn : public torch::autograd::Function<SoftmaxTopKFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& logits, int64_t k, bool normalize) {
@@ -205,17 +219,9 @@ class SoftmaxTopKFn : public torch::autograd::Function<SoftmaxTopKFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto &gates = saved[0], &probs = saved[1], &expert_idx = saved[2];
-    auto grad_picked = grads[0];
-    if (ctx->saved_data["normalize"].toBool()) {
-      const auto sum = probs.gather(1, expert_idx).sum(-1, true);
-      const auto through_sum = (grad_picked * gates).sum(-1, true) * sum.ge(1e-20).to(sum.scalar_type());
-      grad_picked = (grad_picked - through_sum) / sum.clamp_min(1e-20);
-    }
-    // A row's picks are distinct experts: a plain scatter (as topk's own backward does; deterministic
-    // where train.deterministic asks for it), then the add.
-    const auto grad_probs = grads[1] + torch::zeros_like(probs).scatter(1, expert_idx, grad_picked);
-    return {probs * (grad_probs - (grad_probs * probs).sum(-1, true)), torch::Tensor(), torch::Tensor()};
+    return {raw::softmax_topk_backward(grads[0], grads[1], saved[0], saved[1], saved[2],
+                                       ctx->saved_data["normalize"].toBool()),
+            torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -253,7 +259,9 @@ bool softmax_topk_fused(const torch::Tensor& logits, int64_t k) {
 }
 
 std::vector<torch::Tensor> softmax_topk(const torch::Tensor& logits, int64_t k, bool normalize) {
-  return SoftmaxTopKFn::apply(logits, k, normalize);
+  if (softmax_topk_fused(logits, k)) return SoftmaxTopKFn::apply(logits, k, normalize);
+  auto [gates, probs, expert_idx] = raw::softmax_topk_forward(logits, k, normalize);  // autograd's ops
+  return {gates, probs, expert_idx};
 }
 
 torch::Tensor rows_of_slots(const torch::Tensor& slot_idx, int64_t num_tokens, int64_t k) {

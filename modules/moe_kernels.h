@@ -39,8 +39,9 @@ torch::Tensor rows_of_slots(const torch::Tensor& slot_idx, int64_t num_tokens, i
 
 /// Softmax top-k routing of logits [T, E]: {gates [T, k], probs [T, E], expert_idx [T, k] int64}, the k
 /// largest probabilities largest first, gates renormalized to sum to 1 when `normalize`.
-/// Differentiable in logits through gates and probs (the backward in ATen ops, on either device).
-/// The forward is one CUDA kernel where softmax_topk_fused() holds, ATen's softmax and topk elsewhere.
+/// Differentiable in logits through gates and probs: where softmax_topk_fused() holds, one CUDA kernel
+/// with raw::softmax_topk_backward as its gradient; elsewhere ATen's softmax, topk and division,
+/// differentiated by autograd.
 std::vector<torch::Tensor> softmax_topk(const torch::Tensor& logits, int64_t k, bool normalize);
 /// Whether softmax_topk runs its CUDA kernel: fp32 CUDA logits, E <= 256, k <= 32.
 bool softmax_topk_fused(const torch::Tensor& logits, int64_t k);
@@ -65,10 +66,17 @@ void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const s
 /// The input gradient of a grouped GEMM: dx [S, K] with dx_e = dy_e w_e^T over expert e's rows,
 /// `counts` on the host; dy [S, N] and w [E, K, N] of one dtype. On CUDA one cuBLAS GEMM per expert.
 torch::Tensor expert_input_grad(const torch::Tensor& dy, const torch::Tensor& w, const std::vector<int64_t>& counts);
-/// softmax_topk's forward, without autograd: {gates, probs, expert_idx}. On CUDA the kernel (ties: the
-/// lower expert id first); on the CPU softmax and topk.
+/// softmax_topk's forward: {gates, probs, expert_idx}. Where softmax_topk_fused() holds the CUDA
+/// kernel (ties: the lower expert id first; no autograd); elsewhere ATen's softmax, topk and division.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> softmax_topk_forward(const torch::Tensor& logits, int64_t k,
                                                                              bool normalize);
+/// The kernel's gradient in the logits from those of gates and probs (either undefined: zero), in
+/// ATen ops on either device. With s the sum of the picked p when renormalized (g = p / s):
+/// dL/dp_m = dL/dp_m (through probs) + [m picked] (dL/dg_m - sum_j dL/dg_j g_j) / s, then the softmax
+/// backward dL/dlogits = p (dL/dp - <dL/dp, p>); s below the 1e-20 floor acts as a constant.
+torch::Tensor softmax_topk_backward(const torch::Tensor& grad_gates, const torch::Tensor& grad_probs,
+                                   const torch::Tensor& gates, const torch::Tensor& probs,
+                                   const torch::Tensor& expert_idx, bool normalize);
 /// Every slot of expert_idx [T, k] (CUDA, ids in [0, num_experts), num_experts <= 1024) sorted
 /// stably by expert with a counting sort, two kernels: {slot_idx [T k], token_idx [T k],
 /// row_of_slot [T, k], counts [num_experts]} int64, as sort_slots_by_expert's ATen path gives, and

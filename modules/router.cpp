@@ -128,17 +128,11 @@ RouterImpl::RouterImpl(const core::MoEConfig& config, int64_t d_model, double in
 Routing RouterImpl::top_k_of(const torch::Tensor& logits, int64_t k) const {
   Routing r;
   r.z_logits = {logits};
-  if (kernels::softmax_topk_fused(logits, k)) {  // one kernel where the ATen ops below take ~8
-    const auto out = kernels::softmax_topk(logits, k, config_.router.normalize_topk);
-    r.gates = out[0];
-    r.probs = out[1];
-    r.expert_idx = out[2];
-    return r;
-  }
-  r.probs = torch::softmax(logits, -1);
-  auto [top_p, top_idx] = r.probs.topk(k, -1);
-  r.expert_idx = top_idx;
-  r.gates = config_.router.normalize_topk ? renormalize(top_p) : top_p;
+  // On CUDA one kernel where softmax, topk and renormalize take ~8; elsewhere those ops.
+  const auto out = kernels::softmax_topk(logits, k, config_.router.normalize_topk);
+  r.gates = out[0];
+  r.probs = out[1];
+  r.expert_idx = out[2];
   return r;
 }
 

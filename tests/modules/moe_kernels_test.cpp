@@ -80,26 +80,32 @@ std::vector<torch::Tensor> softmax_topk_reference(const torch::Tensor& logits, i
 }
 
 TEST(MoeKernels, SoftmaxTopKGradientsAreAutogradsOfSoftmaxThenTopK) {
+  // The CUDA kernel's backward (raw::softmax_topk_backward, ATen ops) against autograd of the ATen
+  // composition, in double on the CPU; softmax_topk's CPU path against finite differences.
   torch::manual_seed(12);
   for (const bool normalize : {true, false}) {
     for (const int64_t k : {1, 2, 5}) {
       const auto logits = torch::randn({40, 7}, torch::kDouble);
       const auto probe_gates = torch::randn({40, k}, torch::kDouble), probe_probs = torch::randn({40, 7}, torch::kDouble);
-      std::vector<torch::Tensor> grads;
-      std::vector<std::vector<torch::Tensor>> outs;
-      for (const bool fused : {true, false}) {
-        const auto l = logits.clone().requires_grad_();
-        const auto out = fused ? softmax_topk(l, k, normalize) : softmax_topk_reference(l, k, normalize);
-        ((out[0] * probe_gates).sum() + (out[1] * probe_probs).sum()).backward();
-        grads.push_back(l.grad());
-        outs.push_back(out);
-      }
       const std::string what = "k " + std::to_string(k) + (normalize ? " renormalized" : "");
-      for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(outs[0][i], outs[1][i], 1e-14, 0)) << what << " output " << i;
-      EXPECT_LT(rel_l2(grads[0], grads[1]), 1e-12) << what;
-      // Through the gates alone (the probs' gradient zero, as when no balance loss reads them).
+      const auto [gates, probs, idx] = raw::softmax_topk_forward(logits, k, normalize);
       const auto l = logits.clone().requires_grad_();
-      expect_gradients_match([&] { return (softmax_topk(l, k, normalize)[0] * probe_gates).sum(); }, {l}, what);
+      const auto ref = softmax_topk_reference(l, k, normalize);
+      ((ref[0] * probe_gates).sum() + (ref[1] * probe_probs).sum()).backward();
+      EXPECT_TRUE(torch::allclose(gates, ref[0].detach(), 1e-14, 0)) << what << " gates";
+      EXPECT_TRUE(torch::allclose(probs, ref[1].detach(), 1e-14, 0)) << what << " probs";
+      EXPECT_TRUE(torch::equal(idx, ref[2])) << what << " expert ids";
+      EXPECT_LT(rel_l2(raw::softmax_topk_backward(probe_gates, probe_probs, gates, probs, idx, normalize), l.grad()), 1e-12)
+          << what;
+      // Through the gates alone (the probs' gradient undefined, as when no balance loss reads them).
+      // Absolute tolerance too: with k = 1 renormalized the gate is 1 and the gradient 0 up to rounding.
+      const auto l_gates = logits.clone().requires_grad_();
+      (softmax_topk_reference(l_gates, k, normalize)[0] * probe_gates).sum().backward();
+      EXPECT_TRUE(torch::allclose(raw::softmax_topk_backward(probe_gates, {}, gates, probs, idx, normalize),
+                                  l_gates.grad(), 1e-10, 1e-14))
+          << what << " through the gates";
+      const auto l_fd = logits.clone().requires_grad_();
+      expect_gradients_match([&] { return (softmax_topk(l_fd, k, normalize)[0] * probe_gates).sum(); }, {l_fd}, what);
     }
   }
 }
