@@ -388,6 +388,9 @@ void Config::validate() const {
               moe.router.kind == RouterKind::kNoisyTopK || moe.router.kind == RouterKind::kSigmoidBias,
           "model.moe.null_experts: only topk, noisy_topk and sigmoid_bias routers can choose null experts, "
           "got router.kind " + std::string(enum_name(moe.router.kind)));
+  require(losses.load_balance_scope == BalanceScope::kMicroBatch || moe.router.kind != RouterKind::kBilevel,
+          "losses.load_balance_scope: global_batch is not available for router.kind bilevel (its two-level "
+          "balance is per micro-batch); use micro_batch");
   require(losses.contrastive == 0 || moe.router.kind == RouterKind::kCosine,
           "losses.contrastive: needs model.moe.router.kind cosine, got " + std::string(enum_name(moe.router.kind)));
   require(train.global_batch % train.micro_batch == 0,

@@ -24,7 +24,7 @@ enum class DispatcherKind { kFlat, kHierarchical };
 enum class BackendKind { kAuto, kMpi, kNccl };
 enum class DataSource { kSynthetic, kText, kTokens, kMegatron };
 enum class TokenDtype { kUint16, kUint32 };
-enum class Precision { kFp32, kBf16 };
+enum class Precision { kFp32, kBf16, kFp64 };
 enum class DeviceKind { kCpu, kCuda };
 enum class NanPolicy { kSkip, kError };
 
@@ -54,7 +54,7 @@ SY_ENUM_NAMES(BackendKind, {BackendKind::kAuto, "auto"}, {BackendKind::kMpi, "mp
 SY_ENUM_NAMES(DataSource, {DataSource::kSynthetic, "synthetic"}, {DataSource::kText, "text"},
               {DataSource::kTokens, "tokens"}, {DataSource::kMegatron, "megatron"});
 SY_ENUM_NAMES(TokenDtype, {TokenDtype::kUint16, "uint16"}, {TokenDtype::kUint32, "uint32"});
-SY_ENUM_NAMES(Precision, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"});
+SY_ENUM_NAMES(Precision, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"}, {Precision::kFp64, "fp64"});
 SY_ENUM_NAMES(DeviceKind, {DeviceKind::kCpu, "cpu"}, {DeviceKind::kCuda, "cuda"});
 SY_ENUM_NAMES(NanPolicy, {NanPolicy::kSkip, "skip"}, {NanPolicy::kError, "error"});
 #undef SY_ENUM_NAMES
@@ -207,6 +207,7 @@ struct ParallelConfig {
   BackendKind backend = BackendKind::kAuto;
   std::string placement;
   double timeout_s = 300.0;
+  double peer_silence_s = 3.0;
   int64_t replan_every = 0;
   double replan_time_limit_s = 10.0;
   int64_t overlap_chunks = 1;
@@ -220,6 +221,9 @@ struct ParallelConfig {
     v.field("backend", backend, "communication backend: auto (NCCL for CUDA when built), mpi, nccl");
     v.field("placement", placement, "expert placement plan file; empty = contiguous");
     v.field("timeout_s", timeout_s, "bounded wait of every collective, seconds", Bounds::in_open_lo(0, 86400));
+    v.field("peer_silence_s", peer_silence_s, "end the job when a rank's heartbeat thread falls silent this long "
+                                              "(a stopped or vanished process), seconds; 0 = off",
+            Bounds::in(0, 86400));
     v.field("replan_every", replan_every, "re-plan expert placement every N steps from the routing of the "
                                           "steps since the last plan (0 = never; needs aligned nodes)",
             Bounds::at_least(0));
@@ -273,6 +277,7 @@ struct TrainConfig {
   DeviceKind device = DeviceKind::kCpu;
   std::string run_dir = "runs/default";
   NanPolicy nan_policy = NanPolicy::kSkip;
+  int64_t max_consecutive_skips = 5;
   int64_t trace_every = 0;
   double peak_tflops = 0;
 
@@ -296,12 +301,15 @@ struct TrainConfig {
     v.field("eval_batches", eval_batches, "global batches per validation", Bounds::in(1, 1 << 20));
     v.field("checkpoint_every", checkpoint_every, "checkpoint every N steps (0 = never)", Bounds::at_least(0));
     v.field("keep_checkpoints", keep_checkpoints, "newest checkpoints kept", Bounds::in(1, 1 << 20));
-    v.field("precision", precision, "fp32, or bf16 autocast with fp32 master weights (CUDA)");
+    v.field("precision", precision, "fp32, bf16 autocast with fp32 master weights (CUDA), or fp64 (numerical "
+                                    "checks: the config-space tester's second opinion)");
     v.field("device", device, "cpu or cuda");
     v.field("deterministic", deterministic, "bitwise reproducible GPU runs: PyTorch's deterministic algorithms "
                                             "(slower; an op without one stops the run naming it)");
     v.field("run_dir", run_dir, "run directory: config.yaml, metrics.jsonl, checkpoints/");
     v.field("nan_policy", nan_policy, "on NaN/Inf loss or gradients: skip the step, or error");
+    v.field("max_consecutive_skips", max_consecutive_skips, "nan_policy skip: the run stops with an error after "
+                                                            "this many skipped steps in a row", Bounds::in(1, 1 << 20));
     v.field("trace_every", trace_every, "write a routing trace every N steps (0 = never)", Bounds::at_least(0));
     v.field("peak_tflops", peak_tflops, "peak dense bf16 TFLOP/s of one GPU for the mfu metric (0 = by device name: "
                                         "H100/H200 989; unknown cards report no mfu)", Bounds::in(0, 1e6));

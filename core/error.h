@@ -37,6 +37,13 @@ class CheckpointError : public Error {
   using Error::Error;
 };
 
+/// A file that cannot be written (disk full, read-only or vanished directory). Exit status 1: the
+/// environment failed, not the user's input.
+class IoError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// A failed or timed-out collective, or a peer rank that failed. Exit status 1.
 class CommError : public Error {
  public:

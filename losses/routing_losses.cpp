@@ -4,6 +4,13 @@
 #include "core/error.h"
 
 namespace switchyard::losses {
+namespace {
+
+/// Mean over the tokens (dim 0), 0 for no tokens (a rank or chunk without tokens adds nothing, where
+/// mean() would give NaN).
+torch::Tensor token_mean(const torch::Tensor& t) { return t.size(0) == 0 ? t.sum(0) : t.mean(0); }
+
+}  // namespace
 
 torch::Tensor expert_slot_counts(const torch::Tensor& expert_idx, int64_t num_experts) {
   SY_CHECK(expert_idx.dim() == 2, "expert_idx: expected [T, k], got ", expert_idx.sizes());
@@ -19,7 +26,7 @@ torch::Tensor load_balance_loss(const torch::Tensor& probs, const torch::Tensor&
            "load_balance_loss: probs [T, E] and counts [E] disagree: ", probs.sizes(), " vs ", counts.sizes());
   const int64_t num_experts = probs.size(1);
   const auto f = counts / counts.sum().clamp_min(1.0);
-  const auto p = at_least_fp32(probs).mean(0);
+  const auto p = token_mean(at_least_fp32(probs));
   return alpha * static_cast<double>(num_experts) * (f.detach() * p).sum();
 }
 
@@ -27,6 +34,7 @@ torch::Tensor sequence_balance_loss(const torch::Tensor& probs, const torch::Ten
   SY_CHECK(probs.dim() == 3 && expert_idx.dim() == 3, "sequence_balance_loss: expected probs [B, S, E] and "
            "expert_idx [B, S, k], got ", probs.sizes(), " and ", expert_idx.sizes());
   const int64_t batch = probs.size(0), num_experts = probs.size(2);
+  if (batch == 0) return alpha * probs.sum();
   std::vector<torch::Tensor> per_seq;
   per_seq.reserve(batch);
   for (int64_t b = 0; b < batch; ++b) {
@@ -37,7 +45,7 @@ torch::Tensor sequence_balance_loss(const torch::Tensor& probs, const torch::Ten
 
 torch::Tensor z_loss(const torch::Tensor& logits, double coef) {
   const auto lse = torch::logsumexp(at_least_fp32(logits), /*dim=*/-1);
-  return coef * lse.pow(2).mean();
+  return coef * token_mean(lse.pow(2));
 }
 
 torch::Tensor contrastive_loss(const torch::Tensor& prototypes, const torch::Tensor& tokens,
@@ -68,7 +76,7 @@ torch::Tensor locality_loss(const torch::Tensor& probs, const torch::Tensor& loc
   const auto mask = local_mask.to(probs.device(), at_least_fp32(probs).scalar_type());
   // An empty mask would make the target uniform-over-all times eps: callers pass >= 1 local expert.
   const auto target = (1.0 - eps) * mask / mask.sum().clamp_min(1.0) + eps / static_cast<double>(num_experts);
-  const auto dc = at_least_fp32(probs).mean(0);
+  const auto dc = token_mean(at_least_fp32(probs));
   return mu * (dc * (dc.clamp_min(1e-30).log() - target.log())).sum();
 }
 
@@ -84,7 +92,7 @@ torch::Tensor bilevel_balance_loss(const torch::Tensor& node_probs, const torch:
 
 torch::Tensor router_entropy(const torch::Tensor& probs) {
   const auto p = at_least_fp32(probs);
-  return -(p * p.clamp_min(1e-30).log()).sum(-1).mean();
+  return token_mean(-(p * p.clamp_min(1e-30).log()).sum(-1));
 }
 
 }  // namespace switchyard::losses

@@ -46,11 +46,13 @@ torch::Tensor gather_sum(const torch::Tensor& rows, const torch::Tensor& scale, 
   SY_CHECK(row_of_slot.dim() == 2 && rows.dim() == 2, "gather_sum: rows [S, d] and row_of_slot [T, k] expected");
   SY_ON_CUDA(rows, gather_sum(rows, scale, row_of_slot));
   const int64_t tokens = row_of_slot.size(0), k = row_of_slot.size(1), d = rows.size(1);
+  // No rows (no slot reached an expert): every sum is empty. Returned before indexing `scale`, which
+  // is then empty too (row_of_slot's -1 entries clamp to 0).
+  if (rows.size(0) == 0) return torch::zeros({tokens, d}, rows.options());
   const auto valid = row_of_slot.ge(0);
   const auto idx = row_of_slot.clamp_min(0).reshape({-1});
   auto w = valid.to(acc(rows));
   if (scale.defined()) w = w * scale.to(acc(rows)).index_select(0, idx).view({tokens, k});
-  if (rows.size(0) == 0) return torch::zeros({tokens, d}, rows.options());
   const auto picked = rows.to(acc(rows)).index_select(0, idx).view({tokens, k, d});
   return (picked * w.unsqueeze(2)).sum(1).to(rows.scalar_type());
 }

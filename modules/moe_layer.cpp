@@ -6,9 +6,16 @@
 
 #include "core/error.h"
 #include "losses/routing_losses.h"
+#include "modules/counter_rng.h"
 #include "modules/side_stream.h"
 
 namespace switchyard::modules {
+namespace {
+
+/// Stream index of the routers' noise draws (keys differ by layer and by this stream).
+constexpr uint64_t kRoutingNoiseStream = 0x726f757465ULL;
+
+}  // namespace
 
 bool every_slot_routed(const core::MoEConfig& moe) {
   using core::RouterKind;
@@ -16,6 +23,14 @@ bool every_slot_routed(const core::MoEConfig& moe) {
   return moe.capacity_factor <= 0 && moe.null_experts == 0 &&
          (kind == RouterKind::kTopK || kind == RouterKind::kSigmoidBias || kind == RouterKind::kNoisyTopK ||
           kind == RouterKind::kHash || kind == RouterKind::kRandom || kind == RouterKind::kCosine);
+}
+
+int64_t routing_slots(const core::MoEConfig& moe) {
+  switch (moe.router.kind) {
+    case core::RouterKind::kTopP: return moe.router.k_max;
+    case core::RouterKind::kExpertChoice: return moe.num_experts + moe.null_experts;
+    default: return moe.top_k;
+  }
 }
 
 double MoEStats::dropped_frac() const {
@@ -27,7 +42,8 @@ MoELayerImpl::MoELayerImpl(const core::ModelConfig& model, const core::LossesCon
                            uint64_t seed, std::shared_ptr<TokenDispatcher> dispatcher)
     : config_(model.moe), loss_config_(losses), d_model_(model.d_model), dispatcher_(std::move(dispatcher)) {
   if (!dispatcher_) dispatcher_ = std::make_shared<LocalDispatcher>(config_.num_experts, every_slot_routed(config_));
-  router = register_module("router", Router(config_, model.d_model, model.init_std));
+  router = register_module("router", Router(config_, model.d_model, model.init_std,
+                                            counter_key(seed, static_cast<uint64_t>(layer_idx), kRoutingNoiseStream)));
   experts = register_module("experts", Experts(dispatcher_->local_expert_ids(), model.d_model, config_.ffn_hidden,
                                                config_.expert_kind, model.init_std,
                                                seed + 7777ULL * static_cast<uint64_t>(layer_idx + 1)));
@@ -53,7 +69,9 @@ torch::Tensor MoELayerImpl::routed_experts_overlapped(const torch::Tensor& x, co
   // Host order, chunk c: dispatch(c) on the side stream (its host waits fall while the GPU runs
   // experts(c - 1)), experts(c) on the main stream, then combine(c - 1) on the side stream after
   // experts(c - 1) (overlapping experts(c)). Every rank issues the collectives in this same order.
-  const int64_t T = x.size(0), chunks = std::min<int64_t>(overlap_chunks_, std::max<int64_t>(T, 1));
+  // The same number of chunks on every rank whatever its token count (some may be empty): each chunk
+  // is a collective exchange, and every rank of the group must issue the same ones.
+  const int64_t T = x.size(0), chunks = overlap_chunks_;
   SideStream side(x.device());
   side.side_waits(side.mark_main());  // the router's outputs
   for (const auto& t : {x, expert_idx, gates}) side.used_on_side(t);
@@ -84,7 +102,7 @@ torch::Tensor MoELayerImpl::routed_experts_overlapped(const torch::Tensor& x, co
   return torch::cat(y, 0);
 }
 
-MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& token_ids) {
+MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& tokens) {
   SY_CHECK(x_in.size(-1) == d_model_, "moe layer: expected last dimension ", d_model_, ", got ", x_in.sizes());
   const auto x = x_in.reshape({-1, d_model_});
   const int64_t num_tokens = x.size(0);
@@ -94,10 +112,15 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& 
   // The shared experts first: they need no routing, so the card runs them while the host issues the
   // routing's small kernels (on CUDA the start of the forward is bound by the host).
   const auto shared_y = shared ? shared->forward(x) : torch::Tensor();
-  Routing routing = router->forward(x, token_ids.defined() ? token_ids.reshape({-1}) : token_ids);
+  const auto flat = [](const torch::Tensor& t) { return t.defined() ? t.reshape({-1}) : t; };
+  Routing routing = router->forward(x, {flat(tokens.ids), flat(tokens.counters)});
   if (every_slot_routed(config_)) {  // known on the host: no kernels before the exchange for them
     out.stats.routed_slots = torch::scalar_tensor(num_tokens * routing.expert_idx.size(1), torch::kInt64);
     out.stats.dropped_slots = torch::zeros({}, torch::kInt64);
+  } else if (config_.router.kind == core::RouterKind::kExpertChoice) {
+    // Experts chose tokens: a token no expert took lost its k nominal slots.
+    out.stats.routed_slots = torch::scalar_tensor(num_tokens * config_.top_k, torch::kInt64);
+    out.stats.dropped_slots = routing.expert_idx.ge(0).any(1).logical_not().sum() * config_.top_k;
   } else {
     out.stats.routed_slots = routing.expert_idx.ge(0).sum();
     out.stats.dropped_slots = torch::zeros({}, out.stats.routed_slots.options());
@@ -129,7 +152,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& 
       y = y + x * null_gate.sum(1, true).to(x.scalar_type());
     } else {
       const auto which = (routing.expert_idx - num_experts).clamp(0, config_.null_experts - 1);  // [T, k]
-      const auto constants = null_constants.index_select(0, which.reshape({-1})).reshape({num_tokens, -1, d_model_});
+      const auto constants = null_constants.index_select(0, which.reshape({-1})).reshape({num_tokens, which.size(1), d_model_});
       y = y + (constants * null_gate.unsqueeze(2).to(constants.scalar_type())).sum(1);
     }
   }
@@ -147,13 +170,14 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const torch::Tensor& 
                                                                   loss_config_.node_balance, loss_config_.load_balance);
       }
     } else if (loss_config_.load_balance > 0 && config_.router.kind != core::RouterKind::kExpertChoice) {
-      const auto scope_counts = count_reducer_ ? count_reducer_(counts) : counts;
+      const auto scope_counts =
+          step_counts_.defined() ? step_counts_.to(counts.device(), counts.scalar_type()) : count_reducer_ ? count_reducer_(counts) : counts;
       out.losses["load_balance"] = losses::load_balance_loss(routing.probs, scope_counts, loss_config_.load_balance);
     }
     if (loss_config_.seq_balance > 0 && x_in.dim() == 3) {
       const int64_t batch = x_in.size(0), seq = x_in.size(1);
       out.losses["seq_balance"] = losses::sequence_balance_loss(
-          routing.probs.reshape({batch, seq, num_choices}), routing.expert_idx.reshape({batch, seq, -1}),
+          routing.probs.reshape({batch, seq, num_choices}), routing.expert_idx.reshape({batch, seq, routing.expert_idx.size(1)}),
           loss_config_.seq_balance);
     }
     if (loss_config_.z_loss > 0) {

@@ -22,11 +22,19 @@ namespace switchyard::modules {
 /// experts, a router that always fills its k slots): dispatch then needs no host synchronization.
 bool every_slot_routed(const core::MoEConfig& moe);
 
+/// Slots per token in a routing decision (Routing::expert_idx's width): top_k, k_max for top_p, every
+/// choice (experts + null) for expert_choice.
+int64_t routing_slots(const core::MoEConfig& moe);
+
 /// Per-layer routing statistics (detached; for metrics).
 struct MoEStats {
   torch::Tensor tokens_per_expert;  ///< [E + null] fp32 slots routed to each choice (after drops)
-  torch::Tensor routed_slots;       ///< 0-dim int64: slots that chose an expert, before drops
-  torch::Tensor dropped_slots;      ///< 0-dim int64
+  /// 0-dim int64: slots the router asked for, before capacity drops: T * k for fixed-k routers,
+  /// the chosen slots for top_p, T * k (the nominal demand) for expert_choice.
+  torch::Tensor routed_slots;
+  /// 0-dim int64: asked-for slots that reached no expert: capacity drops; for expert_choice, k per
+  /// token that no expert took.
+  torch::Tensor dropped_slots;
   torch::Tensor entropy;            ///< 0-dim fp32: mean router entropy
   int64_t capacity = -1;            ///< per-expert capacity used (-1: dropless)
   double capacity_min = 0.0;        ///< LocMoE lower bound ec_min (grap), else 0
@@ -49,12 +57,16 @@ class MoELayerImpl : public torch::nn::Module {
   MoELayerImpl(const core::ModelConfig& model, const core::LossesConfig& losses, int64_t layer_idx, uint64_t seed,
                std::shared_ptr<TokenDispatcher> dispatcher = nullptr);
 
-  /// x [..., d]; token_ids [...] (hash router only).
-  MoEOutput forward(const torch::Tensor& x, const torch::Tensor& token_ids = {});
+  /// x [..., d]; `tokens` ids and counters shaped like x's leading dimensions [...].
+  MoEOutput forward(const torch::Tensor& x, const TokenInfo& tokens = {});
 
   /// Sums per-choice slot counts over the ranks whose batches form the balance scope (global_batch
   /// scope); identity by default. Collective when set by parallel/.
   void set_count_reducer(std::function<torch::Tensor(const torch::Tensor&)> reducer) { count_reducer_ = std::move(reducer); }
+  /// The per-choice slot counts [E + null] of the whole optimizer step over every rank (global_batch
+  /// scope under gradient accumulation; the trainer counts them first). While defined, the load
+  /// balance takes f from them instead of this batch's counts. Undefined: off.
+  void set_step_counts(torch::Tensor counts) { step_counts_ = std::move(counts); }
   /// Which routed experts are on this rank's node (locality loss); all by default.
   void set_local_expert_mask(torch::Tensor mask) { local_mask_ = std::move(mask); }
   /// Splits the routed tokens into `chunks` (parallel.overlap_chunks): each chunk's dispatch and
@@ -72,6 +84,7 @@ class MoELayerImpl : public torch::nn::Module {
   int64_t d_model_;
   std::shared_ptr<TokenDispatcher> dispatcher_;
   std::function<torch::Tensor(const torch::Tensor&)> count_reducer_;
+  torch::Tensor step_counts_;
   torch::Tensor local_mask_;
   int64_t overlap_chunks_ = 1;
 

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "losses/routing_losses.h"
+#include "modules/counter_rng.h"
 #include "modules/moe_kernels.h"
 #include "modules/torch_version.h"
 
@@ -85,8 +86,8 @@ torch::Tensor router_logits(const torch::Tensor& x, const torch::Tensor& w) {
   return x32.matmul(w.to(x32.scalar_type()).t());
 }
 
-RouterImpl::RouterImpl(const core::MoEConfig& config, int64_t d_model, double init_std)
-    : config_(config), d_model_(d_model), num_choices_(config.num_experts + config.null_experts) {
+RouterImpl::RouterImpl(const core::MoEConfig& config, int64_t d_model, double init_std, uint64_t noise_key)
+    : config_(config), d_model_(d_model), num_choices_(config.num_experts + config.null_experts), noise_key_(noise_key) {
   using core::RouterKind;
   const auto init = [&](std::vector<int64_t> shape) { return torch::randn(shape) * init_std; };
   switch (config.router.kind) {
@@ -136,7 +137,7 @@ Routing RouterImpl::top_k_of(const torch::Tensor& logits, int64_t k) const {
   return r;
 }
 
-Routing RouterImpl::forward(const torch::Tensor& x_in, const torch::Tensor& token_ids) {
+Routing RouterImpl::forward(const torch::Tensor& x_in, const TokenInfo& tokens) {
   using core::RouterKind;
   // Router math stays in fp32 under bf16 autocast: autocast would run these matmuls in bf16.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -147,6 +148,12 @@ Routing RouterImpl::forward(const torch::Tensor& x_in, const torch::Tensor& toke
   const auto float_options = x_in.options().dtype(x_in.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat32);
   const auto f32 = [&](const torch::Tensor& t) { return t.to(float_options.dtype()); };
   const auto logits_of = [&](const torch::Tensor& w) { return router_logits(x_in, w); };
+  const auto counters = [&] {
+    if (!tokens.counters.defined()) return torch::arange(num_tokens, torch::dtype(torch::kInt64).device(x_in.device()));
+    SY_CHECK(tokens.counters.numel() == num_tokens, "router: ", tokens.counters.numel(), " token counters for ",
+             num_tokens, " tokens");
+    return tokens.counters.reshape({-1}).to(x_in.device(), torch::kInt64);
+  };
 
   switch (config_.router.kind) {
     case RouterKind::kTopK:
@@ -155,7 +162,8 @@ Routing RouterImpl::forward(const torch::Tensor& x_in, const torch::Tensor& toke
     case RouterKind::kNoisyTopK: {
       auto logits = logits_of(weight_);
       if (is_training()) {
-        logits = logits + F::softplus(logits_of(noise_weight_)) * torch::randn_like(logits);
+        const auto noise = counter_normal(noise_key_, counters(), num_choices_).to(logits.scalar_type());
+        logits = logits + F::softplus(logits_of(noise_weight_)) * noise;
       }
       return top_k_of(logits, k);
     }
@@ -210,6 +218,7 @@ Routing RouterImpl::forward(const torch::Tensor& x_in, const torch::Tensor& toke
     }
 
     case RouterKind::kHash: {
+      const auto& token_ids = tokens.ids;
       SY_CHECK(token_ids.defined() && token_ids.numel() == num_tokens,
                "router: the hash router needs the token ids of its ", num_tokens, " tokens");
       Routing r;
@@ -227,7 +236,8 @@ Routing RouterImpl::forward(const torch::Tensor& x_in, const torch::Tensor& toke
     case RouterKind::kRandom: {
       Routing r;
       r.learned = false;
-      const auto noise = torch::rand({num_tokens, config_.num_experts}, float_options);
+      // Uniform per (token counter, expert), 53 random bits: ties have probability ~E^2 2^-54.
+      const auto noise = counter_uniform(noise_key_, counters(), config_.num_experts);
       r.expert_idx = std::get<1>(noise.topk(k, -1));
       r.gates = torch::full({num_tokens, k}, 1.0 / k, float_options);
       r.probs = torch::zeros({num_tokens, num_choices_}, float_options).scatter_add(1, r.expert_idx, r.gates);
@@ -258,7 +268,7 @@ Routing RouterImpl::forward(const torch::Tensor& x_in, const torch::Tensor& toke
       r.expert_idx = node_idx * per_group + local_idx;
       r.gates = node_p * local_p;
       // The joint distribution over all E experts: p(group) * p(position in group).
-      r.probs = (r.node_probs.unsqueeze(2) * r.local_probs.unsqueeze(1)).reshape({num_tokens, -1});
+      r.probs = (r.node_probs.unsqueeze(2) * r.local_probs.unsqueeze(1)).reshape({num_tokens, config_.num_experts});
       r.z_logits = {node_logits, local_logits};
       return r;
     }

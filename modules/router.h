@@ -28,13 +28,23 @@ struct Routing {
   torch::Tensor projected;    ///< [T, d'] tokens in the prototype space
 };
 
+/// What a router may need besides the hidden states.
+struct TokenInfo {
+  torch::Tensor ids{};     ///< [T] int64 token ids (the hash router)
+  /// [T] int64 >= 0, unique per token of the run: the random and noisy_topk routers draw each token's
+  /// noise by this counter (counter_rng.h), so it does not depend on the rank or batch a token is in.
+  /// Undefined: 0..T-1 (a standalone layer then draws the same noise on every call).
+  torch::Tensor counters{};
+};
+
 class RouterImpl : public torch::nn::Module {
  public:
-  /// `num_choices` = routed experts + null experts.
-  RouterImpl(const core::MoEConfig& config, int64_t d_model, double init_std);
+  /// `num_choices` = routed experts + null experts. `noise_key` keys the counter-based draws of the
+  /// random and noisy_topk routers (one key per layer).
+  RouterImpl(const core::MoEConfig& config, int64_t d_model, double init_std, uint64_t noise_key = 0);
 
-  /// x [T, d] (any float dtype); token_ids [T] int64, needed by the hash router only.
-  Routing forward(const torch::Tensor& x, const torch::Tensor& token_ids = {});
+  /// x [T, d] (any float dtype).
+  Routing forward(const torch::Tensor& x, const TokenInfo& tokens = {});
 
   /// sigmoid_bias: b_i += rate * sign(mean(load) - load_i) from the global per-choice load [E + null].
   void update_bias(const torch::Tensor& global_load);
@@ -51,6 +61,7 @@ class RouterImpl : public torch::nn::Module {
   core::MoEConfig config_;
   int64_t d_model_;
   int64_t num_choices_;
+  uint64_t noise_key_;
   torch::Tensor weight_;        ///< [E + null, d] (topk, noisy_topk, sigmoid_bias, expert_choice, top_p)
   torch::Tensor noise_weight_;  ///< [E + null, d] noisy_topk
   torch::Tensor bias_;          ///< [E + null] sigmoid_bias (buffer) or grap eps (parameter)

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "losses/routing_losses.h"
 #include "modules/torch_version.h"
 
 namespace switchyard::modules {
@@ -13,9 +14,9 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  const auto xf = x.to(torch::kFloat32);
+  const auto xf = losses::at_least_fp32(x);
   const auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps_);
-  return (normed * weight.to(torch::kFloat32)).to(x.scalar_type());
+  return (normed * weight.to(xf.scalar_type())).to(x.scalar_type());
 }
 
 AttentionImpl::AttentionImpl(const core::ModelConfig& config)
@@ -51,7 +52,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
   auto scores = q.matmul(k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
   const auto mask = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).triu(1);
   scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  auto attn = torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type()).matmul(v);
+  auto attn = torch::softmax(losses::at_least_fp32(scores), -1).to(v.scalar_type()).matmul(v);
 #endif
   return out->forward(attn.transpose(1, 2).reshape({batch, seq, d}));
 }
@@ -85,7 +86,7 @@ TransformerLMImpl::TransformerLMImpl(const core::ModelConfig& model, const core:
   }
 }
 
-LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens) {
+LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& token_counters) {
   SY_CHECK(tokens.dim() == 2, "transformer: expected tokens [B, S], got ", tokens.sizes());
   LMOutput out;
   auto h = embedding->forward(tokens);
@@ -94,7 +95,7 @@ LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens) {
     h = h + attentions_[l]->forward(norms1_[l]->forward(h));
     const auto normed = norms2_[l]->forward(h);
     if (moe_layers_[l]) {
-      auto moe = moe_layers_[l]->forward(normed, tokens);
+      auto moe = moe_layers_[l]->forward(normed, {tokens, token_counters});
       h = h + moe.y;
       for (auto& [name, value] : moe.losses) {
         out.aux_loss = out.aux_loss + value;
@@ -113,7 +114,7 @@ LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens) {
 }
 
 torch::Tensor TransformerLMImpl::lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32),
+  return torch::nn::functional::cross_entropy(losses::at_least_fp32(logits.reshape({-1, logits.size(-1)})),
                                               targets.reshape({-1}));
 }
 

@@ -54,8 +54,9 @@ class TransformerLMImpl : public torch::nn::Module {
  public:
   TransformerLMImpl(const core::ModelConfig& model, const core::LossesConfig& losses, uint64_t seed,
                     DispatcherFactory dispatchers = nullptr);
-  /// tokens [B, S] int64 -> logits and routing losses.
-  LMOutput forward(const torch::Tensor& tokens);
+  /// tokens [B, S] int64 -> logits and routing losses. `token_counters` [B, S] int64: each token's
+  /// counter for routing noise (TokenInfo::counters; the trainer numbers the tokens of the run).
+  LMOutput forward(const torch::Tensor& tokens, const torch::Tensor& token_counters = {});
   /// Mean next-token cross entropy of logits [B, S, V] against targets [B, S].
   static torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets);
 

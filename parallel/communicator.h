@@ -45,26 +45,10 @@ class Communicator {
   virtual std::shared_ptr<Communicator> split(int color, int key) = 0;
 };
 
-/// Starts MPI (thread level >= serialized: autograd may run backward on a device thread) with
-/// MPI_ERRORS_RETURN, and finalizes it on destruction. One per process, in main().
-class MpiRuntime {
- public:
-  MpiRuntime(int* argc, char*** argv);
-  ~MpiRuntime();
-  MpiRuntime(const MpiRuntime&) = delete;
-  MpiRuntime& operator=(const MpiRuntime&) = delete;
-  int rank() const { return rank_; }
-  int size() const { return size_; }
-  /// The world communicator with the given bounded wait.
-  std::shared_ptr<Communicator> world(double timeout_s) const;
-  /// Ends every rank of the job (after a fatal error on this one). Never returns.
-  [[noreturn]] static void abort_job(int exit_code);
-  static bool initialized();
-
- private:
-  int rank_ = 0;
-  int size_ = 1;
-};
+/// Byte strings over a communicator (collective over `comm`): `root`'s bytes on every rank, and every
+/// rank's bytes on every rank in rank order (lengths may differ).
+std::string broadcast_bytes(Communicator& comm, const std::string& bytes, int root);
+std::vector<std::string> all_gather_bytes(Communicator& comm, const std::string& bytes);
 
 /// The MPI backend over MPI_COMM_WORLD.
 std::shared_ptr<Communicator> make_mpi_world(double timeout_s);

@@ -59,10 +59,12 @@ void reduce_flat(std::vector<torch::Tensor>& params, Communicator& comm, double 
     if (scale != 1.0) at::_foreach_mul_(grads, scale);
     return;
   }
+  // Summed in fp32 (fp64 when the parameters are fp64).
+  const auto dtype = params.front().scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   std::vector<torch::Tensor> flat;
   flat.reserve(params.size());
   for (auto& p : params) {
-    flat.push_back(p.grad().defined() ? p.grad().reshape({-1}).to(torch::kFloat32) : torch::zeros({p.numel()}, p.options().dtype(torch::kFloat32)));
+    flat.push_back(p.grad().defined() ? p.grad().reshape({-1}).to(dtype) : torch::zeros({p.numel()}, p.options().dtype(dtype)));
   }
   auto buffer = torch::cat(flat);
   comm.all_reduce(buffer, ReduceOp::kSum);

@@ -75,8 +75,18 @@ std::vector<torch::Tensor> unpack_rows(const torch::Tensor& packed, const std::v
   int64_t offset = 0;
   for (const auto& like : likes) {
     const int64_t width = like.size(1) * static_cast<int64_t>(like.element_size());
-    out.push_back(width == 0 ? like.new_empty({packed.size(0), 0})
-                             : packed.narrow(1, offset, width).contiguous().view(like.scalar_type()));
+    if (width == 0) {
+      out.push_back(like.new_empty({packed.size(0), 0}));
+      continue;
+    }
+    // A part's bytes must start at a multiple of its element size to be viewed as its dtype. Narrowing
+    // rows of several parts copies them (non-contiguous), but with one row (or one part) the view
+    // keeps the byte offset, e.g. int64 metadata after d + k fp32 values with k odd.
+    auto part = packed.narrow(1, offset, width);
+    if (!part.is_contiguous() || part.storage_offset() % static_cast<int64_t>(like.element_size()) != 0) {
+      part = part.clone(at::MemoryFormat::Contiguous);
+    }
+    out.push_back(part.view(like.scalar_type()));
     offset += width;
   }
   return out;

@@ -11,7 +11,7 @@
 #include <string>
 
 #include "core/error.h"
-#include "parallel/communicator.h"
+#include "parallel/mpi_runtime.h"
 
 namespace switchyard::parallel {
 

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -137,9 +138,13 @@ class MpiCommunicator : public Communicator {
     world_rank_ = world_rank_of_process();
   }
   ~MpiCommunicator() override {
-    // A communicator with an abandoned request (after a timeout) is never freed: MPI may still
-    // progress that request, and the job is ending anyway.
-    if (owned_ && !broken_ && comm_ != MPI_COMM_NULL && MpiRuntime::initialized()) MPI_Comm_free(&comm_);
+    // Not freed after an abandoned request (a timeout: MPI may still progress it) nor while an error
+    // unwinds the stack (the job is ending; main() aborts it, and a free must not wait on peers).
+    int finalized = 1;
+    MPI_Finalized(&finalized);
+    if (owned_ && !broken_ && comm_ != MPI_COMM_NULL && !finalized && std::uncaught_exceptions() == 0) {
+      MPI_Comm_free(&comm_);
+    }
   }
 
   int rank() const override { return rank_; }
@@ -304,36 +309,6 @@ class MpiCommunicator : public Communicator {
 };
 
 }  // namespace
-
-MpiRuntime::MpiRuntime(int* argc, char*** argv) {
-  int provided = 0;
-  MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
-  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-  MPI_Comm_size(MPI_COMM_WORLD, &size_);
-  SY_CHECK_AS(CommError, provided >= MPI_THREAD_SERIALIZED, "[rank ", rank_,
-              "] MPI provides thread level ", provided, "; Switchyard needs at least MPI_THREAD_SERIALIZED");
-}
-
-MpiRuntime::~MpiRuntime() {
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized) MPI_Finalize();
-}
-
-std::shared_ptr<Communicator> MpiRuntime::world(double timeout_s) const { return make_mpi_world(timeout_s); }
-
-void MpiRuntime::abort_job(int exit_code) {
-  if (initialized()) MPI_Abort(MPI_COMM_WORLD, exit_code);
-  std::_Exit(exit_code);
-}
-
-bool MpiRuntime::initialized() {
-  int init = 0, fin = 0;
-  MPI_Initialized(&init);
-  MPI_Finalized(&fin);
-  return init && !fin;
-}
 
 std::shared_ptr<Communicator> make_mpi_world(double timeout_s) {
   return std::make_shared<MpiCommunicator>(MPI_COMM_WORLD, false, timeout_s);

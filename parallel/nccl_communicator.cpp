@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <exception>
 #include <thread>
 #endif
 
@@ -70,7 +71,8 @@ class NcclCommunicator : public Communicator {
   }
   ~NcclCommunicator() override {
     if (comm_ != nullptr) {
-      if (aborted_) ncclCommAbort(comm_);
+      // Unwinding after an error: abort (destroy may wait for peers that will never come).
+      if (aborted_ || std::uncaught_exceptions() > 0) ncclCommAbort(comm_);
       else ncclCommDestroy(comm_);
     }
     cudaEventDestroy(done_);

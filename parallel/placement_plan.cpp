@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace switchyard::parallel {
 
@@ -60,9 +61,7 @@ void save_placement_plan(const std::string& path, const std::vector<ExpertPlacem
   out << YAML::Key << "layers" << YAML::Value << YAML::BeginSeq;
   for (const auto& p : placements) out << YAML::Flow << p.owners();
   out << YAML::EndSeq << YAML::EndMap;
-  std::ofstream file(path);
-  SY_CHECK_AS(ConfigError, file.good(), path, ": cannot write placement plan");
-  file << out.c_str() << "\n";
+  core::write_file_atomically(path, std::string(out.c_str()) + "\n");
 }
 
 }  // namespace switchyard::parallel

@@ -609,6 +609,7 @@ PartitionResult solve_ilp(const PartitionProblem& pb, const PartitionResult& sta
   // within the gap in a fraction of a second); the compact ILP gets the rest of the time otherwise.
   const auto t_start = std::chrono::steady_clock::now();
   auto sp = solve_set_partition(pb, start, 0.8 * time_limit_s, relative_gap);
+  sp.bound = std::min(sp.bound, sp.cost);  // a bound above a known assignment's cost is numerical noise
   if (sp.bound < 0) {
     // No useful bound: the pricing never finished (bins of many items), or stopped before its duals
     // meant anything. The compact model of such a stage is larger still, and CBC's root (LP, triangle
@@ -711,8 +712,17 @@ PlanReport start_report(bool use_ilp) {
   report.solver_used = use_ilp ? "ilp" : "greedy";
   report.objective_ilp = use_ilp ? 0 : -1;
   report.bound = use_ilp ? 0 : -1;
-  report.ilp_optimal = use_ilp;
   return report;
+}
+
+/// The plan's objective, and the gap and optimality of the plan against the report's bound.
+void finish(PlanReport& report, bool use_ilp) {
+  report.objective_plan = 0;
+  for (const auto& l : report.layers) report.objective_plan += l.objective;
+  if (!use_ilp) return;
+  const double slack = report.objective_plan - report.bound;
+  report.gap = report.objective_plan > 0 ? slack / report.objective_plan : 0;
+  report.ilp_optimal = slack <= 1e-9 * std::max(1.0, report.objective_plan);
 }
 
 std::vector<int64_t> contiguous_owner(int64_t experts, int64_t ranks) {
@@ -790,7 +800,6 @@ PlanReport plan_inter_layer(const RoutingTrace& trace, const PlannerOptions& o, 
       best = solve_ilp(pb, greedy, std::max(0.1, left / static_cast<double>(trace.layers.size() - l)), o.relative_gap);
       report.objective_ilp += distance(best.cost);
       report.bound += distance(best.bound);
-      report.ilp_optimal = report.ilp_optimal && best.optimal;
     }
     report.objective_contiguous += distance(pb.cost(contig32));
     report.objective_greedy += distance(greedy.cost);
@@ -801,7 +810,8 @@ PlanReport plan_inter_layer(const RoutingTrace& trace, const PlannerOptions& o, 
     report.layers.push_back(std::move(plan));
   }
   report.solve_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (use_ilp) report.gap = report.objective_ilp > 0 ? (report.objective_ilp - report.bound) / report.objective_ilp : 0;
+  report.bound_scope = "each_layer_given_the_previous";
+  finish(report, use_ilp);
   account(report, trace, stats, topo);
   return report;
 }
@@ -862,10 +872,9 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
       node_greedy = a.greedy.bin_of;
       node_best = a.best.bin_of;
       bound_a = a.best.bound;
-      report.ilp_optimal = report.ilp_optimal && a.best.optimal;
     }
     // Stage B: within each node, its experts to its ranks (intra-node rows, home = the source's local rank).
-    auto stage_b = [&](const std::vector<int32_t>& node_of_expert, bool ilp, double* bound, bool* optimal) {
+    auto stage_b = [&](const std::vector<int32_t>& node_of_expert, bool ilp, double* bound) {
       std::vector<int64_t> owner(E, -1);
       for (int64_t n = 0; n < nodes; ++n) {
         std::vector<int32_t> item_of(E, -1), expert_of_item;
@@ -882,16 +891,13 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
         pb.patterns = token_patterns(layer, item_of, [&](int64_t src) { return static_cast<int32_t>(src % rpn); }, 1.0);
         const auto b = solve_stage(pb, o, ilp, ilp ? stage_time(1.0) : 0);
         if (bound) *bound += b.best.bound;
-        if (optimal) *optimal = *optimal && b.best.optimal;
         for (int64_t i = 0; i < pb.items; ++i) owner[expert_of_item[i]] = n * rpn + b.best.bin_of[i];
       }
       return owner;
     };
     double bound_b = 0;
-    bool optimal_b = true;
-    const auto owner_greedy = stage_b(node_greedy, false, nullptr, nullptr);
-    const auto owner_best = use_ilp ? stage_b(node_best, true, &bound_b, &optimal_b) : owner_greedy;
-    report.ilp_optimal = report.ilp_optimal && optimal_b;
+    const auto owner_greedy = stage_b(node_greedy, false, nullptr);
+    const auto owner_best = use_ilp ? stage_b(node_best, true, &bound_b) : owner_greedy;
 
     const auto rows_contig = predict_rows(layer, contiguous, topo, kind);
     const auto rows_greedy = predict_rows(layer, owner_greedy, topo, kind);
@@ -900,7 +906,11 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
     report.objective_greedy += weighted(rows_greedy, o.inter_node_weight);
     if (use_ilp) {
       report.objective_ilp += weighted(rows_best, o.inter_node_weight);
-      report.bound += bound_a + bound_b;
+      report.stage_bound += bound_a + bound_b;
+      // Valid for every placement: the node stage's bound covers the inter-node rows of any node split;
+      // the rank stages' bounds hold only for the node split they were given, unless one node holds
+      // all ranks (then stage B is the whole problem). Intra-node rows are otherwise bounded by 0.
+      report.bound += nodes > 1 ? bound_a : bound_b;
     }
     // The chosen plan: the better of greedy and ILP; never worse than contiguous.
     LayerPlan plan;
@@ -915,9 +925,10 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
     report.layers.push_back(std::move(plan));
   }
   report.solve_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (use_ilp) report.stage_gap = report.objective_ilp > 0 ? (report.objective_ilp - report.stage_bound) / report.objective_ilp : 0;
+  report.bound_scope = "any_placement";
+  finish(report, use_ilp);
   account(report, trace, stats, topo);
-  if (use_ilp && report.objective_ilp > 0) report.gap = (report.objective_ilp - report.bound) / report.objective_ilp;
-  if (use_ilp && report.objective_ilp == 0) report.gap = 0;
   return report;
 }
 

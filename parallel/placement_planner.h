@@ -78,11 +78,20 @@ struct LayerPlan {
 
 /// The plan and the numbers of the JSON report (objectives: weighted rows per traced token, summed
 /// over layers; bytes: per traced token, summed over layers).
+///   objective_plan: the written plan's (per layer the better of greedy and ILP, never worse than
+///     contiguous); objective_ilp: the ILP path's alone.
+///   bound: a lower bound on the objective, over `bound_scope`: "any_placement" (coactivation: the
+///     node stage's bound, or the rank stage's when one node holds every rank), or
+///     "each_layer_given_the_previous" (inter_layer places layer after layer, as ExFlow does).
+///   gap = (objective_plan - bound) / objective_plan; ilp_optimal: that gap is 0 (proven optimal).
+///   stage_gap (coactivation): the ILP path against the sum of its stages' bounds, each stage given
+///     the one before (how well each stage was solved, not a bound on the whole problem).
 struct PlanReport {
   std::vector<LayerPlan> layers;
-  double objective_contiguous = 0, objective_greedy = 0, objective_ilp = -1;
-  double bound = -1, gap = -1, solve_s = 0;
+  double objective_contiguous = 0, objective_greedy = 0, objective_ilp = -1, objective_plan = 0;
+  double bound = -1, gap = -1, stage_bound = 0, stage_gap = -1, solve_s = 0;
   bool ilp_optimal = false;
+  std::string bound_scope;
   std::string solver_used;
   double inter_node_rows = 0, intra_node_rows = 0, inter_node_rows_contiguous = 0, intra_node_rows_contiguous = 0;
   double load_max_over_mean = 0, load_max_over_mean_contiguous = 0;

@@ -1,10 +1,12 @@
 // Topology detection, group construction and expert placement.
 #include "parallel/process_groups.h"
 
-#include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <set>
+#include <string>
 
 #include "core/error.h"
 
@@ -24,36 +26,29 @@ int Topology::uniform_ranks_per_node() const {
   return per_node;
 }
 
-std::vector<int> detect_shared_memory_nodes() {
-  int rank = 0, size = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  MPI_Comm node = MPI_COMM_NULL;
-  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) != MPI_SUCCESS) {
-    throw CommError(detail::concat("[rank ", rank, "] MPI_Comm_split_type(SHARED) failed"));
-  }
-  // Each node is named by its lowest world rank; then numbered in that order.
-  int leader = rank;
-  MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, node);
-  MPI_Comm_free(&node);
-  std::vector<int> leaders(size);
-  MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, MPI_COMM_WORLD);
-  std::vector<int> sorted(leaders);
-  std::sort(sorted.begin(), sorted.end());
-  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-  std::vector<int> node_of_rank(size);
-  for (int r = 0; r < size; ++r) {
-    node_of_rank[r] = static_cast<int>(std::lower_bound(sorted.begin(), sorted.end(), leaders[r]) - sorted.begin());
+std::vector<int> detect_physical_nodes(Communicator& world) {
+  // Host names, fixed-width and zero-padded, gathered in rank order; a node is named by its lowest rank.
+  constexpr int64_t kNameBytes = 256;
+  auto mine = torch::zeros({kNameBytes}, torch::kUInt8);
+  ::gethostname(reinterpret_cast<char*>(mine.data_ptr<uint8_t>()), kNameBytes - 1);
+  const auto all = world.all_gather(mine).view({world.size(), kNameBytes}).contiguous();
+  std::vector<std::string> names;
+  for (int r = 0; r < world.size(); ++r) names.emplace_back(reinterpret_cast<const char*>(all[r].data_ptr<uint8_t>()));
+  std::vector<int> node_of_rank(world.size());
+  std::map<std::string, int> node_of_name;
+  for (int r = 0; r < world.size(); ++r) {
+    node_of_rank[r] = node_of_name.emplace(names[r], static_cast<int>(node_of_name.size())).first->second;
   }
   return node_of_rank;
 }
 
-NodeLocal physical_node_local(int world_rank) {
-  const auto node_of_rank = detect_shared_memory_nodes();
+NodeLocal physical_node_local(Communicator& world) {
+  const auto node_of_rank = detect_physical_nodes(world);
+  const int me = world.rank();
   NodeLocal local{0, 0};
-  for (size_t r = 0; r < node_of_rank.size(); ++r) {
-    if (node_of_rank[r] != node_of_rank[world_rank]) continue;
-    if (static_cast<int>(r) < world_rank) ++local.rank;
+  for (int r = 0; r < world.size(); ++r) {
+    if (node_of_rank[r] != node_of_rank[me]) continue;
+    if (r < me) ++local.rank;
     ++local.size;
   }
   return local;
@@ -70,7 +65,7 @@ Topology Topology::detect(Communicator& world, int64_t ranks_per_node) {
     t.emulated = true;
     for (int r = 0; r < t.world_size; ++r) t.node_of_rank[r] = static_cast<int>(r / ranks_per_node);
   } else {
-    t.node_of_rank = detect_shared_memory_nodes();
+    t.node_of_rank = detect_physical_nodes(world);
   }
   return t;
 }

@@ -13,7 +13,7 @@
 
 namespace switchyard::parallel {
 
-/// Where each world rank runs. Detected (MPI_Comm_split_type SHARED) or emulated with
+/// Where each world rank runs. Detected (ranks on one host form a node) or emulated with
 /// `parallel.ranks_per_node: N` (nodes of N consecutive ranks).
 struct Topology {
   int world_size = 1;
@@ -30,15 +30,16 @@ struct Topology {
   static Topology detect(Communicator& world, int64_t ranks_per_node);
 };
 
-/// Node index of every world rank from MPI_Comm_split_type(SHARED). Collective over MPI_COMM_WORLD.
-std::vector<int> detect_shared_memory_nodes();
+/// Node index of every rank of `world`: ranks whose hosts have the same name share a node (nodes
+/// numbered by their lowest rank). Collective over `world` (one all-gather of host names).
+std::vector<int> detect_physical_nodes(Communicator& world);
 
-/// This rank's index among the world ranks of its physical node, and how many ranks share that node
-/// (emulated nodes play no part: they move no GPU). Collective over MPI_COMM_WORLD.
+/// This rank's index among the ranks of its physical node, and how many ranks share that node
+/// (emulated nodes play no part: they move no GPU). Collective over `world`.
 struct NodeLocal {
   int rank = 0, size = 1;
 };
-NodeLocal physical_node_local(int world_rank);
+NodeLocal physical_node_local(Communicator& world);
 
 /// The groups of one run. Expert-parallel (EP) groups are blocks of `expert_parallel` consecutive
 /// ranks, each holding one copy of all experts; the expert data-parallel group of a rank is the ranks

@@ -1,8 +1,6 @@
 // Backend and device choice for a run.
 #include "parallel/run_world.h"
 
-#include <mpi.h>
-
 #include "core/error.h"
 #include "core/logging.h"
 #include "parallel/process_groups.h"
@@ -17,7 +15,7 @@ RunWorld open_run_world(const core::Config& config) {
   const auto backend = config.parallel.backend;
   if (config.train.device != core::DeviceKind::kCuda) return w;
 
-  const auto local = physical_node_local(mpi->rank());
+  const auto local = physical_node_local(*mpi);
   const int local_rank = local.rank, ranks_here = local.size;
   const int gpus = static_cast<int>(torch::cuda::device_count());
   SY_CHECK_AS(ConfigError, gpus > 0, "train.device: cuda requested but no CUDA device is visible on rank ", mpi->rank());

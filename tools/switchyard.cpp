@@ -12,11 +12,13 @@
 #include "core/build_info.h"
 #include "core/config.h"
 #include "core/error.h"
+#include "core/fault_injection.h"
 #include "core/logging.h"
 #include "modules/layer_benchmark.h"
 #include "parallel/alltoall_benchmark.h"
 #include "parallel/communicator.h"
 #include "parallel/fatal.h"
+#include "parallel/mpi_runtime.h"
 #include "parallel/placement_plan.h"
 #include "parallel/placement_planner.h"
 #include "trainer/routing_trace.h"
@@ -50,16 +52,20 @@ struct ConfigArgs {
   core::Config load() const { return core::load_config(path, overrides); }
 };
 
-/// What every command that runs on ranks does first: start MPI, install the crash handler, prefix log
-/// lines with the rank.
-std::unique_ptr<parallel::MpiRuntime> start_ranks(int* argc, char*** argv) {
-  auto mpi = std::make_unique<parallel::MpiRuntime>(argc, argv);
+/// What every command that runs on ranks does first: start MPI (into `mpi`, which main() owns so that
+/// it outlives the top-level catch), install the crash handler, prefix log lines with the rank, and
+/// watch the peers.
+parallel::MpiRuntime& start_ranks(int* argc, char*** argv, std::unique_ptr<parallel::MpiRuntime>& mpi,
+                                  const core::ParallelConfig& parallel) {
+  mpi = std::make_unique<parallel::MpiRuntime>(argc, argv);
   parallel::install_crash_handler(mpi->rank());
   core::set_log_rank(mpi->rank(), mpi->size());
-  return mpi;
+  core::set_fault_rank(mpi->rank());
+  mpi->watch_peers(parallel.peer_silence_s);
+  return *mpi;
 }
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, std::unique_ptr<parallel::MpiRuntime>& mpi_runtime) {
   CLI::App app{"Switchyard: distributed Mixture-of-Experts training"};
   app.set_version_flag("--version", version_text());
   std::string log_level = "info";
@@ -80,6 +86,9 @@ int run(int argc, char** argv) {
   train_args.add_to(train_cmd);
   train_cmd->add_option("--run-dir", run_dir, "run directory (overrides train.run_dir)");
   train_cmd->add_option("--resume", resume, "auto (newest checkpoint in the run dir), never, or a checkpoint path");
+  bool overwrite = false;
+  train_cmd->add_flag("--overwrite", overwrite,
+                      "with --resume never: delete the run directory's earlier checkpoints and metrics and start over");
   trainer::ProfileRequest train_profile;
   train_cmd->add_option("--profile", train_profile.path,
                         "write a Kineto trace (host ops, CUDA kernels) of --profile-steps steps on rank 0 to this file");
@@ -181,30 +190,31 @@ int run(int argc, char** argv) {
   if (train_cmd->parsed()) {
     if (!run_dir.empty()) train_args.overrides.push_back("train.run_dir=" + run_dir);
     const core::Config config = train_args.load();
-    const auto mpi = start_ranks(&argc, &argv);
+    const auto resume_mode = trainer::ResumeMode::parse(resume, overwrite);
+    start_ranks(&argc, &argv, mpi_runtime, config.parallel);
     trainer::Trainer t(config, parallel::open_run_world(config));
-    t.train(trainer::ResumeMode::parse(resume), train_profile);
+    t.train(resume_mode, train_profile);
     return 0;
   }
   if (eval_cmd->parsed()) {
     const core::Config config = eval_args.load();
-    const auto mpi = start_ranks(&argc, &argv);
+    const auto& mpi = start_ranks(&argc, &argv, mpi_runtime, config.parallel);
     trainer::Trainer t(config, parallel::open_run_world(config));
     t.load_checkpoint(eval_checkpoint);
     const double loss = t.evaluate();
-    if (mpi->rank() == 0) std::printf("{\"loss\":%.6f,\"tokens\":%lld}\n", loss, static_cast<long long>(t.eval_tokens()));
+    if (mpi.rank() == 0) std::printf("{\"loss\":%.6f,\"tokens\":%lld}\n", loss, static_cast<long long>(t.eval_tokens()));
     return 0;
   }
   if (trace_cmd->parsed()) {
     const core::Config config = trace_args.load();
-    const auto mpi = start_ranks(&argc, &argv);
+    const auto& mpi = start_ranks(&argc, &argv, mpi_runtime, config.parallel);
     trainer::Trainer t(config, parallel::open_run_world(config));
     t.load_checkpoint(trace_checkpoint);
     const int64_t tokens = t.write_trace(trace_out, trace_tokens);
-    if (mpi->rank() == 0) {
+    if (mpi.rank() == 0) {
       std::printf("{\"trace\":\"%s\",\"tokens\":%lld,\"moe_layers\":%lld,\"experts\":%lld,\"ranks\":%d}\n",
                   trace_out.c_str(), static_cast<long long>(tokens), static_cast<long long>(config.num_moe_layers()),
-                  static_cast<long long>(config.model.moe.num_experts), mpi->size());
+                  static_cast<long long>(config.model.moe.num_experts), mpi.size());
     }
     return 0;
   }
@@ -227,13 +237,15 @@ int run(int argc, char** argv) {
     }
     std::printf(
         "{\"plan\":\"%s\",\"solver\":\"%s\",\"objective_contiguous\":%.6f,\"objective_greedy\":%.6f,"
-        "\"objective_ilp\":%.6f,\"bound\":%.6f,\"gap\":%.6f,\"ilp_optimal\":%s,\"solve_s\":%.3f,"
+        "\"objective_ilp\":%.6f,\"objective_plan\":%.6f,\"bound\":%.6f,\"bound_scope\":\"%s\",\"gap\":%.6f,"
+        "\"stage_gap\":%.6f,\"ilp_optimal\":%s,\"solve_s\":%.3f,"
         "\"predicted_inter_node_bytes\":%.2f,\"predicted_intra_node_bytes\":%.2f,"
         "\"predicted_inter_node_bytes_contiguous\":%.2f,\"predicted_intra_node_bytes_contiguous\":%.2f,"
         "\"best_possible_inter_node_bytes\":%.2f,\"load_max_over_mean\":%.4f,\"load_max_over_mean_contiguous\":%.4f,"
         "\"bytes_per_row\":%.0f,\"tokens\":%lld,\"moe_layers\":%zu}\n",
         plan_out.c_str(), report.solver_used.c_str(), report.objective_contiguous, report.objective_greedy,
-        report.objective_ilp, report.bound, report.gap, report.ilp_optimal ? "true" : "false", report.solve_s,
+        report.objective_ilp, report.objective_plan, report.bound, report.bound_scope.c_str(), report.gap,
+        report.stage_gap, report.ilp_optimal ? "true" : "false", report.solve_s,
         report.inter_node_rows * row_bytes, report.intra_node_rows * row_bytes,
         report.inter_node_rows_contiguous * row_bytes, report.intra_node_rows_contiguous * row_bytes,
         best_inter >= 0 ? best_inter * row_bytes : -1.0, report.load_max_over_mean, report.load_max_over_mean_contiguous,
@@ -265,7 +277,7 @@ int run(int argc, char** argv) {
               << "  data             seed " << manifest.data_seed() << ", " << manifest.data_windows() << " windows\n"
               << "  MoE layers       " << manifest.placement_size() << "\n"
               << "  tensors          " << manifest.tensors_size() << " (" << experts << " per-expert), " << bytes << " bytes\n"
-              << "  checksums        ok (crc32c of every tensor verified)\n";
+              << "  checksums        ok (crc32c of the manifest and of every tensor verified)\n";
     for (int l = 0; l < manifest.placement_size(); ++l) {
       std::cout << "  placement[" << l << "]    ";
       for (auto o : manifest.placement(l).owner()) std::cout << o << " ";
@@ -278,8 +290,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (a2a_cmd->parsed()) {
-    parallel::MpiRuntime mpi(&argc, &argv);
-    core::set_log_rank(mpi.rank(), mpi.size());
+    start_ranks(&argc, &argv, mpi_runtime, core::ParallelConfig{});
     parallel::run_alltoall_benchmark(a2a);
     return 0;
   }
@@ -290,8 +301,11 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Declared before the try: MPI must still run when the catch reports the error, so that the abort
+  // ends every rank at once (a finalized MPI would leave the peers waiting out parallel.timeout_s).
+  std::unique_ptr<switchyard::parallel::MpiRuntime> mpi;
   try {
-    return run(argc, argv);
+    return run(argc, argv, mpi);
   } catch (const std::exception& e) {
     return switchyard::parallel::report_fatal(e);
   }

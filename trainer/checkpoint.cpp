@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cerrno>
@@ -19,14 +20,18 @@
 #include "core/build_info.h"
 #include "core/crc32c.h"
 #include "core/error.h"
+#include "core/fault_injection.h"
+#include "core/file_io.h"
 #include "core/logging.h"
+#include "parallel/communicator.h"
 #include "parallel/expert_parallel.h"
 
 namespace switchyard::trainer {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr int kFormatVersion = 1;
+// 2: the manifest in a checksummed envelope (ManifestFile), the CUDA generator state.
+constexpr int kFormatVersion = 2;
 
 std::string dtype_name(torch::ScalarType t) {
   switch (t) {
@@ -48,14 +53,6 @@ torch::ScalarType dtype_from(const std::string& name, const std::string& where) 
   throw CheckpointError(where + ": unknown dtype '" + name + "'");
 }
 
-void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
 int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
 
 /// Removes a directory tree (no error when absent). POSIX nftw rather than std::filesystem::remove_all,
@@ -66,24 +63,6 @@ void remove_tree(const std::string& path) {
   if (!fs::exists(fs::symlink_status(path))) return;
   SY_CHECK_AS(CheckpointError, ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, path,
               ": cannot remove (", std::strerror(errno), ")");
-}
-
-void write_durable(const std::string& path, const std::string& bytes) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  SY_CHECK_AS(CheckpointError, f != nullptr, path, ": cannot create checkpoint file");
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
-                  ::fsync(fileno(f)) == 0;
-  std::fclose(f);
-  SY_CHECK_AS(CheckpointError, ok, path, ": write failed (disk full?)");
-}
-
-/// Fault injection for tests: SWITCHYARD_FAULT_INJECT=kill_in_checkpoint:<step> kills this process
-/// with SIGKILL after the tensor files of that step's checkpoint are written, before it completes.
-void maybe_inject_fault(int64_t step) {
-  const char* spec = std::getenv("SWITCHYARD_FAULT_INJECT");
-  if (spec == nullptr) return;
-  const std::string s = spec, prefix = "kill_in_checkpoint:";
-  if (s.rfind(prefix, 0) == 0 && std::stoll(s.substr(prefix.size())) == step) std::raise(SIGKILL);
 }
 
 /// Accumulates tensors into one file and their manifest entries.
@@ -133,21 +112,6 @@ std::vector<std::string> moe_prefixes(modules::TransformerLMImpl& model) {
   return prefixes;
 }
 
-/// Gathers every rank's serialized entries on all ranks (variable lengths, padded).
-std::vector<std::string> all_gather_bytes(parallel::Communicator& comm, const std::string& mine) {
-  auto len = torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64);
-  const auto lens = comm.all_gather(len);
-  const int64_t max_len = lens.max().item<int64_t>();
-  auto buf = torch::zeros({std::max<int64_t>(max_len, 1)}, torch::kUInt8);
-  std::memcpy(buf.data_ptr(), mine.data(), mine.size());
-  const auto all = comm.all_gather(buf).view({comm.size(), -1});
-  std::vector<std::string> out;
-  for (int r = 0; r < comm.size(); ++r) {
-    out.emplace_back(static_cast<const char*>(all[r].data_ptr()), lens[r].item<int64_t>());
-  }
-  return out;
-}
-
 torch::Tensor read_tensor(const std::string& dir, const proto::TensorEntry& e) {
   const std::string path = (fs::path(dir) / e.file()).string();
   std::ifstream in(path, std::ios::binary);
@@ -169,7 +133,67 @@ torch::Tensor read_tensor(const std::string& dir, const proto::TensorEntry& e) {
   return t;
 }
 
+std::string bytes_of(const torch::Tensor& t) {
+  const auto c = t.to(torch::kCPU).contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel() * c.element_size()));
+}
+
+torch::Tensor tensor_of(const std::string& bytes) {
+  auto t = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
+  std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+  return t;
+}
+
+/// The manifest's fields against each other and against the directory (a checksum proves the
+/// bytes are as written; this proves they describe a checkpoint this code can have written).
+void check_manifest_fields(const proto::CheckpointManifest& m, const std::string& dir, const std::string& path) {
+  const auto bad = [&](const std::string& field, const std::string& why) {
+    throw CheckpointError(path + ": field " + field + " " + why);
+  };
+  const auto name = fs::path(dir).lexically_normal().filename().string();
+  if (m.step() < 0) bad("step", "is negative (" + std::to_string(m.step()) + ")");
+  if (is_checkpoint_name(name) && name != checkpoint_dir_name(m.step())) {
+    bad("step", "is " + std::to_string(m.step()) + " but the directory is " + name);
+  }
+  if (m.skipped_steps() < 0 || m.skipped_steps() > m.step()) {
+    bad("skipped_steps", "is " + std::to_string(m.skipped_steps()) + " for " + std::to_string(m.step()) + " steps");
+  }
+  if (m.tokens_seen() < m.step()) {
+    bad("tokens_seen", "is " + std::to_string(m.tokens_seen()) + " for " + std::to_string(m.step()) + " steps");
+  }
+  if (m.world_size() < 1 || m.expert_parallel() < 1 || m.world_size() % m.expert_parallel() != 0) {
+    bad("world_size/expert_parallel", "(" + std::to_string(m.world_size()) + ", " + std::to_string(m.expert_parallel()) +
+                                          ") do not describe a run");
+  }
+  if (m.data_windows() < 1) bad("data_windows", "is " + std::to_string(m.data_windows()));
+  for (int l = 0; l < m.placement_size(); ++l) {
+    const auto& owners = m.placement(l).owner();
+    std::vector<int64_t> held(m.expert_parallel(), 0);
+    for (auto o : owners) {
+      if (o < 0 || o >= m.expert_parallel()) bad("placement", "of MoE layer " + std::to_string(l) + " names rank " + std::to_string(o));
+      ++held[o];
+    }
+    for (auto h : held) {
+      if (h * m.expert_parallel() != owners.size()) bad("placement", "of MoE layer " + std::to_string(l) + " is unbalanced");
+    }
+  }
+  for (const auto& e : m.tensors()) {
+    const auto& f = e.file();
+    const bool rank_file = f.rfind("rank_", 0) == 0 && f.size() > 9 && f.substr(f.size() - 4) == ".bin" &&
+                           std::all_of(f.begin() + 5, f.end() - 4, [](char c) { return c >= '0' && c <= '9'; });
+    if (!rank_file || std::stoll(f.substr(5, f.size() - 9)) >= m.world_size()) {
+      bad("tensors", "lists file '" + f + "' for tensor " + e.name() + ", not a rank file of this checkpoint");
+    }
+    if (e.offset() < 0 || e.nbytes() < 0) bad("tensors", "gives tensor " + e.name() + " a negative extent");
+  }
+}
+
 }  // namespace
+
+bool is_checkpoint_name(const std::string& name) {
+  if (name.size() != 13 || name.rfind("step_", 0) != 0) return false;
+  return std::all_of(name.begin() + 5, name.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
 
 std::string checkpoint_dir_name(int64_t step) {
   char name[32];
@@ -180,13 +204,53 @@ std::string checkpoint_dir_name(int64_t step) {
 CheckpointManager::CheckpointManager(std::string root, int64_t keep, std::shared_ptr<parallel::ProcessGroups> groups)
     : root_(std::move(root)), keep_(keep), groups_(std::move(groups)) {}
 
-std::optional<std::string> CheckpointManager::latest() const {
-  std::ifstream in(fs::path(root_) / "latest");
-  if (!in) return std::nullopt;
+LatestPointer CheckpointManager::latest() const {
+  LatestPointer p;
+  const auto path = fs::path(root_) / "latest";
+  std::error_code ec;
+  const auto status = fs::symlink_status(path, ec);
+  if (ec || status.type() == fs::file_type::not_found) return p;
+  p.present = true;
+  const std::string where = path.string();
+  if (status.type() != fs::file_type::regular) {
+    p.problem = where + " is not a regular file";
+    return p;
+  }
+  std::ifstream in(path);
   std::string name;
-  std::getline(in, name);
-  if (name.empty()) return std::nullopt;
-  return (fs::path(root_) / name).string();
+  if (!in || !std::getline(in, name)) {
+    p.problem = where + " is empty or unreadable";
+    return p;
+  }
+  if (name.find('/') != std::string::npos || name == "." || name == "..") {
+    p.outside = true;
+    p.problem = where + " names '" + name + "', outside " + root_;
+    return p;
+  }
+  if (!is_checkpoint_name(name)) {
+    p.problem = where + " names '" + name + "', not a checkpoint (step_<8 digits>)";
+    return p;
+  }
+  const auto dir = fs::path(root_) / name;
+  if (!fs::is_directory(fs::symlink_status(dir, ec)) || ec) {
+    p.problem = where + " names " + name + ", which is not a checkpoint directory here";
+    return p;
+  }
+  p.dir = dir.string();
+  return p;
+}
+
+std::vector<std::string> CheckpointManager::checkpoints() const {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (fs::directory_iterator it(root_, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    if (is_checkpoint_name(name) && fs::is_directory(fs::symlink_status(it->path()))) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  std::vector<std::string> dirs;
+  for (const auto& n : names) dirs.push_back((fs::path(root_) / n).string());
+  return dirs;
 }
 
 void CheckpointManager::save(const TrainingState& state, const std::string& config_yaml,
@@ -228,13 +292,16 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
   if (dense_writer) {
     for (const auto& item : model.named_buffers()) writer.add("buffer/" + item.key(), item.value());
   }
-  if (!writer.empty()) write_durable((fs::path(tmp_dir) / ("rank_" + std::to_string(world.rank()) + ".bin")).string(),
-                                     writer.bytes());
+  if (!writer.empty()) {
+    core::write_file_atomically((fs::path(tmp_dir) / ("rank_" + std::to_string(world.rank()) + ".bin")).string(),
+                                writer.bytes());
+  }
 
   proto::CheckpointManifest mine;
   for (const auto& e : writer.entries()) *mine.add_tensors() = e;
-  const auto gathered = all_gather_bytes(world, mine.SerializeAsString());
-  maybe_inject_fault(state.step);
+  const auto gathered = parallel::all_gather_bytes(world, mine.SerializeAsString());
+  // Test hook: die after the tensor files of this step's checkpoint are written, before it completes.
+  if (core::fault_at("kill_in_checkpoint", state.step)) std::raise(SIGKILL);
 
   if (dense_writer) {
     proto::CheckpointManifest m;
@@ -243,8 +310,8 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
     m.set_step(state.step);
     m.set_tokens_seen(state.tokens_seen);
     m.set_skipped_steps(state.skipped_steps);
-    m.set_cpu_rng_state(std::string(static_cast<const char*>(state.cpu_rng_state.data_ptr()),
-                                    state.cpu_rng_state.numel()));
+    m.set_cpu_rng_state(bytes_of(state.cpu_rng_state));
+    if (state.cuda_rng_state.defined()) m.set_cuda_rng_state(bytes_of(state.cuda_rng_state));
     m.set_data_seed(state.data_seed);
     m.set_data_windows(state.data_windows);
     m.set_world_size(world.size());
@@ -259,23 +326,20 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
       SY_CHECK_AS(CheckpointError, part.ParseFromString(bytes), "checkpoint: bad manifest part from a rank");
       for (const auto& e : part.tensors()) *m.add_tensors() = e;
     }
-    write_durable((fs::path(tmp_dir) / "manifest.pb").string(), m.SerializeAsString());
-    fsync_path(tmp_dir);
+    proto::ManifestFile file;
+    file.set_manifest(m.SerializeAsString());
+    file.set_crc32c(core::crc32c(file.manifest().data(), file.manifest().size()));
+    core::write_file_atomically((fs::path(tmp_dir) / "manifest.pb").string(), file.SerializeAsString());
+    core::sync_directory(tmp_dir);
     remove_tree(final_dir);
-    fs::rename(tmp_dir, final_dir);
-    fsync_path(root_);
-    const std::string latest_tmp = (fs::path(root_) / "latest.tmp").string();
-    write_durable(latest_tmp, checkpoint_dir_name(state.step) + "\n");
-    fs::rename(latest_tmp, fs::path(root_) / "latest");
-    fsync_path(root_);
+    std::error_code ec;
+    fs::rename(tmp_dir, final_dir, ec);
+    SY_CHECK_AS(IoError, !ec, final_dir, ": cannot publish the checkpoint (", ec.message(), ")");
+    core::sync_directory(root_);
+    core::write_file_atomically((fs::path(root_) / "latest").string(), checkpoint_dir_name(state.step) + "\n");
     // Keep the newest `keep` complete checkpoints.
-    std::vector<std::string> steps;
-    for (const auto& entry : fs::directory_iterator(root_)) {
-      const auto name = entry.path().filename().string();
-      if (entry.is_directory() && name.rfind("step_", 0) == 0) steps.push_back(name);
-    }
-    std::sort(steps.begin(), steps.end());
-    for (size_t i = 0; i + keep_ < steps.size(); ++i) remove_tree((fs::path(root_) / steps[i]).string());
+    const auto existing = checkpoints();
+    for (size_t i = 0; i + keep_ < existing.size(); ++i) remove_tree(existing[i]);
   }
   world.barrier();
 }
@@ -286,10 +350,20 @@ proto::CheckpointManifest read_manifest(const std::string& dir) {
   SY_CHECK_AS(CheckpointError, in.good(), path, ": no checkpoint manifest here");
   std::stringstream buffer;
   buffer << in.rdbuf();
+  proto::ManifestFile file;
+  SY_CHECK_AS(CheckpointError, file.ParseFromString(buffer.str()), path,
+              ": corrupt manifest (not a checkpoint manifest of format ", kFormatVersion, ")");
+  const uint32_t crc = core::crc32c(file.manifest().data(), file.manifest().size());
+  if (crc != file.crc32c()) {
+    char msg[80];
+    std::snprintf(msg, sizeof(msg), "expected crc32c %08x, got %08x", file.crc32c(), crc);
+    throw CheckpointError(path + ": checksum mismatch in the manifest: " + msg);
+  }
   proto::CheckpointManifest m;
-  SY_CHECK_AS(CheckpointError, m.ParseFromString(buffer.str()), path, ": corrupt manifest (not a checkpoint manifest)");
+  SY_CHECK_AS(CheckpointError, m.ParseFromString(file.manifest()), path, ": corrupt manifest (does not parse)");
   SY_CHECK_AS(CheckpointError, m.format_version() == kFormatVersion, path, ": format version ", m.format_version(),
               ", this build reads ", kFormatVersion);
+  check_manifest_fields(m, dir, path);
   return m;
 }
 
@@ -339,9 +413,8 @@ TrainingState CheckpointManager::load(const std::string& dir, modules::Transform
   state.skipped_steps = manifest.skipped_steps();
   state.data_seed = manifest.data_seed();
   state.data_windows = manifest.data_windows();
-  const auto& rng = manifest.cpu_rng_state();
-  state.cpu_rng_state = torch::empty({static_cast<int64_t>(rng.size())}, torch::kUInt8);
-  std::memcpy(state.cpu_rng_state.data_ptr(), rng.data(), rng.size());
+  state.cpu_rng_state = tensor_of(manifest.cpu_rng_state());
+  if (!manifest.cuda_rng_state().empty()) state.cuda_rng_state = tensor_of(manifest.cuda_rng_state());
   // Every rank must agree the load succeeded before the next collective.
   groups_->world->barrier();
   return state;

@@ -24,7 +24,16 @@ struct TrainingState {
   int64_t skipped_steps = 0;
   uint64_t data_seed = 0;
   int64_t data_windows = 0;
-  torch::Tensor cpu_rng_state;
+  torch::Tensor cpu_rng_state;   ///< uint8
+  torch::Tensor cuda_rng_state;  ///< uint8, undefined on the CPU
+};
+
+/// What `latest` says: the checkpoint it names, or why it names none that exists.
+struct LatestPointer {
+  std::optional<std::string> dir;  ///< the checkpoint directory it names (exists)
+  std::string problem;             ///< empty when `dir` is set or there is no pointer at all
+  bool present = false;            ///< a `latest` entry exists (whatever it holds)
+  bool outside = false;            ///< it names a path outside this checkpoints directory
 };
 
 class CheckpointManager {
@@ -42,8 +51,11 @@ class CheckpointManager {
   TrainingState load(const std::string& dir, modules::TransformerLMImpl& model, AdamW& optimizer,
                      const std::vector<parallel::ExpertPlacement>& placements);
 
-  /// The newest complete checkpoint (from `latest`), if any.
-  std::optional<std::string> latest() const;
+  /// What `latest` names. Never throws: an empty, unreadable or looping pointer, a directory in
+  /// its place, a name that is not a checkpoint of this directory: each is a `problem`.
+  LatestPointer latest() const;
+  /// Checkpoint directories step_<8 digits> here, oldest first (complete ones: temporaries excluded).
+  std::vector<std::string> checkpoints() const;
   const std::string& root() const { return root_; }
 
  private:
@@ -52,11 +64,15 @@ class CheckpointManager {
   std::shared_ptr<parallel::ProcessGroups> groups_;
 };
 
-/// Reads and parses `dir`/manifest.pb. Throws CheckpointError naming the file.
+/// Reads `dir`/manifest.pb, verifies its checksum and the consistency of its fields (step against the
+/// directory's name, skipped steps, world and expert-parallel sizes, placement, tensor files and
+/// extents). Throws CheckpointError naming the file and the field.
 proto::CheckpointManifest read_manifest(const std::string& dir);
 /// Verifies every tensor's size and checksum. Throws CheckpointError naming the file and tensor.
 void verify_checkpoint(const std::string& dir, const proto::CheckpointManifest& manifest);
 /// The name of checkpoint step s: step_<8 digits>.
 std::string checkpoint_dir_name(int64_t step);
+/// Whether `name` has that form.
+bool is_checkpoint_name(const std::string& name);
 
 }  // namespace switchyard::trainer

@@ -12,6 +12,7 @@
 
 #include "core/crc32c.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "trainer/proto/tensorboard.pb.h"
 
 namespace switchyard::trainer {
@@ -30,31 +31,44 @@ std::string to_json(int64_t step, const MetricsLine& line) {
   return out.str();
 }
 
+namespace {
+
+/// The step of a metrics line, or -1 when it is not a whole line this writer wrote (e.g. the torn
+/// last line of a run that died mid-write).
+int64_t step_of_line(const std::string& line) {
+  if (line.rfind("{\"step\":", 0) != 0 || line.back() != '}') return -1;
+  char* end = nullptr;
+  const long long step = std::strtoll(line.c_str() + 8, &end, 10);
+  return end != line.c_str() + 8 && (*end == ',' || *end == '}') ? step : -1;
+}
+
+}  // namespace
+
 MetricsWriter::MetricsWriter(const std::string& run_dir, int64_t resume_step) {
-  fs::create_directories(run_dir);
-  const auto path = fs::path(run_dir) / "metrics.jsonl";
-  if (fs::exists(path)) {
-    // Keep lines up to the resumed step; write atomically so a crash here loses nothing.
-    std::ifstream in(path);
-    std::ostringstream kept;
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  SY_CHECK_AS(IoError, !ec, run_dir, ": cannot create the run directory (", ec.message(), ")");
+  jsonl_path_ = (fs::path(run_dir) / "metrics.jsonl").string();
+  if (fs::exists(jsonl_path_)) {
+    // Keep whole lines up to the resumed step (a resumed run recomputes the later ones), replacing the
+    // file only once the kept lines are safely written: a failure leaves it as it was.
+    std::istringstream in(core::read_file(jsonl_path_));
+    std::string kept;
     for (std::string l; std::getline(in, l);) {
-      const auto pos = l.find("\"step\":");
-      if (pos == std::string::npos) continue;
-      if (std::stoll(l.substr(pos + 7)) <= resume_step) kept << l << "\n";
+      const int64_t step = step_of_line(l);
+      if (step >= 0 && step <= resume_step) kept += l + "\n";
     }
-    const auto tmp = fs::path(run_dir) / "metrics.jsonl.tmp";
-    std::ofstream(tmp) << kept.str();
-    fs::rename(tmp, path);
+    core::write_file_atomically(jsonl_path_, kept);
   }
-  jsonl_.open(path, std::ios::app);
-  SY_CHECK_AS(DataError, jsonl_.good(), path.string(), ": cannot open for writing");
   char host[256] = "host";
   gethostname(host, sizeof(host) - 1);
   const auto now = std::chrono::system_clock::now().time_since_epoch();
-  const auto events = fs::path(run_dir) / ("events.out.tfevents." +
-                                           std::to_string(std::chrono::duration_cast<std::chrono::seconds>(now).count()) +
-                                           "." + host + "." + std::to_string(getpid()));
-  events_.open(events, std::ios::binary);
+  events_path_ = (fs::path(run_dir) / ("events.out.tfevents." +
+                                       std::to_string(std::chrono::duration_cast<std::chrono::seconds>(now).count()) +
+                                       "." + host + "." + std::to_string(getpid())))
+                     .string();
+  events_.open(events_path_, std::ios::binary);
+  SY_CHECK_AS(IoError, events_.good(), events_path_, ": cannot create the TensorBoard event file");
   tensorboard::Event e;
   e.set_wall_time(std::chrono::duration<double>(now).count());
   e.set_file_version("brain.Event:2");
@@ -70,11 +84,11 @@ void MetricsWriter::write_event(const std::string& data) {
   events_.write(data.data(), static_cast<std::streamsize>(data.size()));
   events_.write(reinterpret_cast<const char*>(&data_crc), sizeof(data_crc));
   events_.flush();
+  SY_CHECK_AS(IoError, events_.good(), events_path_, ": write failed (disk full?)");
 }
 
 void MetricsWriter::write(int64_t step, const MetricsLine& line) {
-  jsonl_ << to_json(step, line) << "\n";
-  jsonl_.flush();
+  core::append_to_file(jsonl_path_, to_json(step, line) + "\n");
   tensorboard::Event e;
   e.set_wall_time(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
   e.set_step(step);

@@ -16,12 +16,13 @@ using MetricsLine = std::vector<std::pair<std::string, double>>;
 class MetricsWriter {
  public:
   /// Opens `run_dir`/metrics.jsonl for appending, dropping lines with step > `resume_step` (a resumed
-  /// run recomputes them, so steps never repeat), and a new TensorBoard event file.
+  /// run recomputes them, so steps never repeat) and torn lines, and a new TensorBoard event file.
+  /// Every write is checked: IoError names the file (the history already written stays).
   MetricsWriter(const std::string& run_dir, int64_t resume_step);
   void write(int64_t step, const MetricsLine& line);
 
  private:
-  std::ofstream jsonl_;
+  std::string jsonl_path_, events_path_;
   std::ofstream events_;
   void write_event(const std::string& serialized);
 };

@@ -59,8 +59,9 @@ AdamW::State& AdamW::state(const std::string& name) {
   if (it != state_.end()) return it->second;
   for (const auto& [n, p] : params_) {
     if (n == name) {
-      return state_.emplace(name, State{torch::zeros_like(p, torch::kFloat32), torch::zeros_like(p, torch::kFloat32)})
-          .first->second;
+      // fp32 states (fp64 for fp64 parameters).
+      const auto dtype = p.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+      return state_.emplace(name, State{torch::zeros_like(p, dtype), torch::zeros_like(p, dtype)}).first->second;
     }
   }
   throw std::out_of_range("AdamW: no parameter named " + name);
@@ -83,7 +84,7 @@ void AdamW::step(double lr) {
       fused[decay].add(p, s);
       continue;
     }
-    const auto g = p.grad().to(torch::kFloat32);
+    const auto g = p.grad().to(s.exp_avg.scalar_type());
     if (decay) p.mul_(1 - lr * config_.weight_decay);
     s.exp_avg.mul_(b1).add_(g, 1 - b1);
     s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2);

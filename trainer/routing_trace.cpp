@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "trainer/proto/routing_trace.pb.h"
 
 namespace switchyard::trainer {
@@ -30,12 +31,9 @@ void write_routing_trace(const std::string& path, const parallel::RoutingTrace& 
     *out->mutable_gates() = {layer.gates.begin(), layer.gates.end()};
     *out->mutable_source_rank() = {layer.source_rank.begin(), layer.source_rank.end()};
   }
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    SY_CHECK_AS(DataError, f && m.SerializeToOstream(&f), tmp, ": cannot write the routing trace");
-  }
-  std::filesystem::rename(tmp, path);
+  std::string bytes;
+  SY_CHECK_AS(DataError, m.SerializeToString(&bytes), path, ": cannot serialize the routing trace");
+  core::write_file_atomically(path, bytes);
 }
 
 parallel::RoutingTrace read_routing_trace(const std::string& path, TraceInfo* info) {

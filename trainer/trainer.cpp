@@ -1,6 +1,7 @@
 // The training loop.
 #include "trainer/trainer.h"
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <ATen/autocast_mode.h>
@@ -8,9 +9,11 @@
 #include "core/build_info.h"
 #if SWITCHYARD_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #endif
 
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <limits>
 #include <cmath>
@@ -20,10 +23,13 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/fault_injection.h"
+#include "core/file_io.h"
 #include "core/logging.h"
 #include "modules/autocast.h"
 #include "modules/profiler.h"
 #include "modules/torch_version.h"
+#include "parallel/communicator.h"
 #include "parallel/placement_plan.h"
 #include "trainer/routing_trace.h"
 #include "trainer/metrics.h"
@@ -32,12 +38,24 @@ namespace switchyard::trainer {
 namespace fs = std::filesystem;
 namespace {
 
-/// Test hook: SWITCHYARD_FAULT_INJECT=nan_at_step:<s> makes the loss of optimizer step s (1-based) NaN.
-bool nan_injected(int64_t step) {
-  const char* spec = std::getenv("SWITCHYARD_FAULT_INJECT");
-  if (spec == nullptr) return false;
-  const std::string s = spec, prefix = "nan_at_step:";
-  return s.rfind(prefix, 0) == 0 && std::stoll(s.substr(prefix.size())) == step + 1;
+/// LibTorch's intra-op threads and, when the BLAS is OpenBLAS, its threads (looked up at run time:
+/// Debian's LibTorch calls whichever libblas.so.3 the system provides).
+void set_cpu_threads(int threads) {
+  torch::set_num_threads(threads);
+  using SetThreads = void (*)(int);
+  if (auto* openblas = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) openblas(threads);
+}
+
+/// Token counters of evaluation and traces live in a stream of their own (this bit set), apart from
+/// the training tokens' (routing noise of a validation token never repeats a training token's).
+constexpr int64_t kEvalCounterBit = int64_t{1} << 62;
+
+/// Whether every element of every tensor is finite (one device synchronization).
+bool all_finite(const std::vector<torch::Tensor>& tensors) {
+  if (tensors.empty()) return true;
+  std::vector<torch::Tensor> flags;
+  for (const auto& t : tensors) flags.push_back(torch::isfinite(t.detach()).all().to(torch::kCPU));
+  return torch::stack(flags).all().item<bool>();
 }
 
 std::string format_duration(double seconds) {
@@ -84,6 +102,13 @@ parallel::LayerRouting gather_routing(parallel::Communicator& world, int64_t ep_
   return r;
 }
 
+/// A layer's routing for traces and re-planning: [T, slots] int32 expert ids, -1 for a slot that
+/// reaches no routed expert (dropped, unused, or a null expert).
+torch::Tensor routed_experts(const modules::MoEStats& stats, int64_t num_experts) {
+  const auto& idx = stats.expert_idx;
+  return idx.masked_fill(idx.ge(num_experts), -1).to(torch::kCPU, torch::kInt32);
+}
+
 double all_reduce_sum(parallel::Communicator& comm, double x) {
   auto t = torch::tensor({x}, torch::kFloat64);
   comm.all_reduce(t, parallel::ReduceOp::kSum);
@@ -104,17 +129,6 @@ torch::Tensor squared_norm(const std::vector<torch::Tensor>& grads, const torch:
 
 }  // namespace
 
-ResumeMode ResumeMode::parse(const std::string& text) {
-  ResumeMode m;
-  if (text == "auto") m.kind = Kind::kAuto;
-  else if (text == "never") m.kind = Kind::kNever;
-  else {
-    m.kind = Kind::kPath;
-    m.path = text;
-  }
-  return m;
-}
-
 Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
     : config_(config), world_(std::move(world.comm)), device_(world.device) {
   config_.validate_for_world(world_->size());
@@ -131,11 +145,14 @@ Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
     at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
   }
 
-  // One intra-op thread per rank's share of this node's cores.
-  int ranks_here = 0;
-  for (int n : groups_->topology.node_of_rank) ranks_here += n == groups_->topology.node_idx();
+  // CPU threads: the rank's share of its host's cores (physical hosts: emulated nodes share one), for
+  // LibTorch's intra-op pool and for the BLAS alike. Left alone, OpenBLAS sizes its own pool from the
+  // CPUs the process may run on, which a launcher's binding changes from one launch to the next; a
+  // fixed count keeps CPU runs a function of the config and the host (and keeps ranks from
+  // oversubscribing the cores).
+  const int ranks_here = parallel::physical_node_local(*world_).size;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  torch::set_num_threads(std::max(1, cores / std::max(1, ranks_here)));
+  set_cpu_threads(std::max(1, cores / std::max(1, ranks_here)));
 
   const auto seed = static_cast<uint64_t>(config_.train.seed);
   source_ = data::open_token_source(config_.data, seed);
@@ -169,21 +186,22 @@ void Trainer::build_model() {
     if (!layer.is_empty()) parallel::attach(*layer, *dispatchers_.at(d++), *groups_, config_);
   }
   model_->to(device_);
+  if (config_.train.precision == core::Precision::kFp64) model_->to(torch::kFloat64);
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
   optimizer_ = std::make_unique<AdamW>(params, config_.train);
 }
 
 std::pair<double, double> Trainer::replan() {
-  const int64_t E = config_.model.moe.num_experts, k = config_.model.moe.top_k;
+  const int64_t E = config_.model.moe.num_experts, slots = modules::routing_slots(config_.model.moe);
   // The trace: every rank's recorded routing, in rank order.
   parallel::RoutingTrace trace;
   trace.num_experts = E;
   trace.ep_size = groups_->ep_size;
   for (auto& layer_routing : recent_routing_) {
     // Every rank ran the same micro-batches since the last plan, so the shares are equal.
-    const auto mine = layer_routing.empty() ? torch::empty({0, k}, torch::kInt32) : torch::cat(layer_routing, 0);
-    trace.layers.push_back(gather_routing(*world_, groups_->ep_size, mine, {}, k));
+    const auto mine = layer_routing.empty() ? torch::empty({0, slots}, torch::kInt32) : torch::cat(layer_routing, 0);
+    trace.layers.push_back(gather_routing(*world_, groups_->ep_size, mine, {}, slots));
     layer_routing.clear();
   }
   parallel::PlannerOptions o;
@@ -211,9 +229,8 @@ std::pair<double, double> Trainer::replan() {
   }
   // Through a checkpoint: experts (and their optimizer state) are stored by global id, so loading it
   // on the new placement moves them to their new ranks.
-  state_.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
-  checkpoints_->save(state_, core::dump_config(config_), *model_, *optimizer_, placements_);
-  const auto dir = checkpoints_->latest();
+  save_checkpoint();
+  const auto dir = checkpoints_->latest().dir;
   SY_ASSERT(dir.has_value(), "no checkpoint after saving one");
   placements_ = std::move(next);
   build_model();
@@ -233,8 +250,44 @@ void Trainer::load_checkpoint(const std::string& dir) {
   SY_CHECK_AS(CheckpointError, state_.data_windows == train_sampler_->num_windows(), dir,
               ": the checkpoint's data has ", state_.data_windows, " training windows, this run's data has ",
               train_sampler_->num_windows(), " (data changed?)");
+  SY_CHECK_AS(CheckpointError, state_.data_seed == static_cast<uint64_t>(config_.train.seed), dir,
+              ": the checkpoint's data order is train.seed ", state_.data_seed, ", this run's is ", config_.train.seed,
+              " (resume with the checkpoint's seed)");
   auto generator = at::detail::getDefaultCPUGenerator();
+  SY_CHECK_AS(CheckpointError, state_.cpu_rng_state.numel() == generator.get_state().numel(), dir,
+              ": the checkpoint's CPU generator state has ", state_.cpu_rng_state.numel(), " bytes, this LibTorch's ",
+              generator.get_state().numel());
   generator.set_state(state_.cpu_rng_state);
+#if SWITCHYARD_WITH_CUDA
+  if (device_.is_cuda() && state_.cuda_rng_state.defined()) {
+    at::cuda::detail::getDefaultCUDAGenerator(device_.index()).set_state(state_.cuda_rng_state);
+  }
+#endif
+}
+
+void Trainer::save_checkpoint() {
+  // A diverged model is never published over the last good checkpoint.
+  std::vector<torch::Tensor> params;
+  for (const auto& p : model_->parameters()) params.push_back(p);
+  SY_CHECK_AS(DataError, all_finite(params), "step ", state_.step, ": parameters are not finite; not checkpointed (",
+              "the last good checkpoint stays in ", checkpoints_->root(), ")");
+  state_.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
+#if SWITCHYARD_WITH_CUDA
+  if (device_.is_cuda()) state_.cuda_rng_state = at::cuda::detail::getDefaultCUDAGenerator(device_.index()).get_state();
+#endif
+  checkpoints_->save(state_, core::dump_config(config_), *model_, *optimizer_, placements_);
+}
+
+int64_t Trainer::activation_bytes() const {
+  switch (config_.train.precision) {
+    case core::Precision::kBf16: return device_.is_cuda() ? 2 : 4;  // autocast runs on CUDA only
+    case core::Precision::kFp64: return 8;
+    default: return 4;
+  }
+}
+
+std::vector<int64_t> Trainer::local_expert_ids(size_t moe_layer) const {
+  return placements_.at(moe_layer).experts_of(groups_->ep_rank);
 }
 
 double Trainer::global_grad_norm() {
@@ -251,49 +304,91 @@ double Trainer::global_grad_norm() {
   return std::sqrt(dense + experts);
 }
 
-Trainer::StepResult Trainer::train_step(int64_t step) {
+void Trainer::for_each_micro_batch(const data::BatchSampler& sampler, int64_t index, bool eval,
+                                   const std::function<void(const MicroBatch&)>& fn) const {
+  using torch::indexing::Slice;
+  const int64_t per_rank = config_.train.global_batch / world_->size();
+  const int64_t micro = config_.train.micro_batch, seq = config_.model.seq_len;
+  const auto positions = torch::arange(seq, torch::kInt64).unsqueeze(0);
+  for (int64_t first = world_->rank() * per_rank; first < (world_->rank() + 1) * per_rank; first += micro) {
+    const auto batch = sampler.batch(index, first, micro).to(device_);
+    MicroBatch mb;
+    mb.inputs = batch.index({Slice(), Slice(0, -1)});
+    mb.targets = batch.index({Slice(), Slice(1, torch::indexing::None)});
+    // Sequence j of the run (global batch `index`, place `first + b` in it): its tokens count j * seq_len + p.
+    const auto sequences = torch::arange(micro, torch::kInt64).unsqueeze(1) + (index * config_.train.global_batch + first);
+    auto counters = sequences * seq + positions;
+    if (eval) counters = counters.bitwise_or(kEvalCounterBit);
+    mb.counters = counters.to(device_);
+    fn(mb);
+  }
+}
+
+void Trainer::count_step_routing(int64_t step) {
+  torch::NoGradGuard no_grad;
+  auto layers = model_->moe_layers();
+  // Placeholder counts while counting: the layers then skip their per-batch count all-reduce.
+  for (auto& layer : layers) {
+    if (!layer.is_empty()) layer->set_step_counts(torch::zeros({layer->router->num_choices()}, torch::kFloat32));
+  }
+  std::vector<torch::Tensor> counts;
+  for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) {
+    modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+    const auto out = model_->forward(mb.inputs, mb.counters);
+    for (size_t l = 0; l < out.moe_stats.size(); ++l) {
+      const auto c = out.moe_stats[l].tokens_per_expert.to(torch::kCPU, torch::kFloat64);
+      if (counts.size() <= l) counts.push_back(c);
+      else counts[l] += c;
+    }
+  });
+  auto all = torch::cat(counts);
+  world_->all_reduce(all, parallel::ReduceOp::kSum);
+  int64_t offset = 0;
+  for (auto& layer : layers) {
+    if (layer.is_empty()) continue;
+    const int64_t n = layer->router->num_choices();
+    layer->set_step_counts(all.narrow(0, offset, n).to(torch::kFloat32));
+    offset += n;
+  }
+}
+
+Trainer::StepResult Trainer::compute_gradients() {
+  const int64_t step = state_.step;
   StepResult r;
-  const int64_t world = world_->size();
-  const int64_t per_rank = config_.train.global_batch / world;
-  const int64_t micro = config_.train.micro_batch;
   const int64_t micro_steps = config_.micro_steps(world_->size());
   optimizer_->zero_grad();
+  // Global-batch balance needs the whole step's counts before the first backward.
+  const bool step_counts = config_.losses.load_balance > 0 &&
+                           config_.losses.load_balance_scope == core::BalanceScope::kGlobalBatch && micro_steps > 1;
+  if (step_counts) count_step_routing(step);
   std::vector<torch::Tensor> loads;
   torch::Tensor lm_sum, aux_sum, dropped_sum, routed_sum;
   std::map<std::string, torch::Tensor> loss_sums;
-  for (int64_t m = 0; m < micro_steps; ++m) {
-    const auto batch = train_sampler_->batch(step, world_->rank() * per_rank + m * micro, micro).to(device_);
-    using torch::indexing::Slice;
-    const auto inputs = batch.index({Slice(), Slice(0, -1)}), targets = batch.index({Slice(), Slice(1, torch::indexing::None)});
+  const auto add = [](torch::Tensor& sum, const torch::Tensor& v) {
+    const auto v64 = v.detach().to(torch::kFloat64);
+    sum = sum.defined() ? sum + v64 : v64;
+  };
+  for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) {
     modules::LMOutput out;
     torch::Tensor lm;
     {
       modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
-      out = model_->forward(inputs);
-      lm = modules::TransformerLMImpl::lm_loss(out.logits, targets);
+      out = model_->forward(mb.inputs, mb.counters);
+      lm = modules::TransformerLMImpl::lm_loss(out.logits, mb.targets);
     }
-    if (nan_injected(step)) lm = lm * std::numeric_limits<double>::quiet_NaN();
+    if (core::fault_at("nan_at_step", step + 1)) lm = lm * std::numeric_limits<double>::quiet_NaN();
     ((lm + out.aux_loss) / static_cast<double>(micro_steps)).backward();
     // Scalars accumulate as tensors: read once per step, not once per micro-batch and loss.
-    const auto lm64 = lm.detach().to(torch::kFloat64), aux64 = out.aux_loss.detach().to(torch::kFloat64);
-    lm_sum = lm_sum.defined() ? lm_sum + lm64 : lm64;
-    aux_sum = aux_sum.defined() ? aux_sum + aux64 : aux64;
-    auto add = [&](const std::string& name, const torch::Tensor& v) {
-      auto it = loss_sums.find(name);
-      const auto v64 = v.detach().to(torch::kFloat64);
-      if (it == loss_sums.end()) loss_sums.emplace(name, v64);
-      else it->second = it->second + v64;
-    };
-    for (const auto& [name, v] : out.losses) add(name, v);
+    add(lm_sum, lm);
+    add(aux_sum, out.aux_loss);
+    for (const auto& [name, v] : out.losses) add(loss_sums[name], v);
     for (size_t l = 0; l < out.layer_losses.size(); ++l) {
-      for (const auto& [name, v] : out.layer_losses[l]) add(name + "_moe" + std::to_string(l), v);
+      for (const auto& [name, v] : out.layer_losses[l]) add(loss_sums[name + "_moe" + std::to_string(l)], v);
     }
     if (config_.parallel.replan_every > 0) {
       if (recent_routing_.size() < out.moe_stats.size()) recent_routing_.resize(out.moe_stats.size());
-      const int64_t E = config_.model.moe.num_experts;
       for (size_t l = 0; l < out.moe_stats.size(); ++l) {
-        const auto idx = out.moe_stats[l].expert_idx.reshape({-1, config_.model.moe.top_k});
-        recent_routing_[l].push_back(idx.masked_fill(idx.ge(E), -1).to(torch::kCPU, torch::kInt32));
+        recent_routing_[l].push_back(routed_experts(out.moe_stats[l], config_.model.moe.num_experts));
         if (recent_routing_[l].size() > 256) recent_routing_[l].erase(recent_routing_[l].begin());  // bounded
       }
     }
@@ -301,55 +396,77 @@ Trainer::StepResult Trainer::train_step(int64_t step) {
       const auto& s = out.moe_stats[l];
       if (loads.size() <= l) loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64));
       loads[l] += s.tokens_per_expert.to(torch::kFloat64);
-      dropped_sum = dropped_sum.defined() ? dropped_sum + s.dropped_slots : s.dropped_slots;
-      routed_sum = routed_sum.defined() ? routed_sum + s.routed_slots : s.routed_slots;
+      add(dropped_sum, s.dropped_slots);
+      add(routed_sum, s.routed_slots);
     }
+  });
+  if (step_counts) {
+    for (auto& layer : model_->moe_layers())
+      if (!layer.is_empty()) layer->set_step_counts({});
   }
-  r.lm_loss = lm_sum.item<double>();
-  r.aux_loss = aux_sum.item<double>();
-  for (const auto& [name, v] : loss_sums) r.losses[name] = v.item<double>();
-  const double dropped = dropped_sum.defined() ? static_cast<double>(dropped_sum.item<int64_t>()) : 0.0;
-  const double routed = routed_sum.defined() ? static_cast<double>(routed_sum.item<int64_t>()) : 0.0;
-  for (auto& l : loads) l = l.to(torch::kCPU);
+  // One all-reduce for every scalar of the step (loss names are ordered alike on every rank), one
+  // for the loads of every layer.
+  std::vector<torch::Tensor> scalars = {lm_sum, aux_sum, dropped_sum.defined() ? dropped_sum : torch::zeros({}, torch::kFloat64),
+                                        routed_sum.defined() ? routed_sum : torch::zeros({}, torch::kFloat64)};
+  for (const auto& [name, v] : loss_sums) scalars.push_back(v);
+  for (auto& s : scalars) s = s.to(torch::kCPU).reshape({1});
+  auto packed = torch::cat(scalars);
+  world_->all_reduce(packed, parallel::ReduceOp::kSum);
+  const double micro_batches = static_cast<double>(world_->size() * micro_steps);
+  const auto values = std::vector<double>(packed.data_ptr<double>(), packed.data_ptr<double>() + packed.numel());
+  r.lm_loss = values[0] / micro_batches;
+  r.aux_loss = values[1] / micro_batches;
+  r.dropped = values[2];
+  r.routed = values[3];
+  size_t i = 4;
+  for (const auto& [name, v] : loss_sums) r.losses[name] = values[i++] / micro_batches;
+  if (!loads.empty()) {
+    std::vector<int64_t> sizes;
+    for (auto& l : loads) {
+      l = l.to(torch::kCPU);
+      sizes.push_back(l.numel());
+    }
+    auto all = torch::cat(loads);
+    world_->all_reduce(all, parallel::ReduceOp::kSum);
+    r.loads = all.split_with_sizes(sizes);
+  }
   parallel::sync_gradients(*model_, *groups_);
   r.grad_norm = global_grad_norm();
+  return r;
+}
+
+void Trainer::apply_update(StepResult& r) {
+  const int64_t step = state_.step;
+  state_.step = step + 1;
+  state_.tokens_seen += config_.train.global_batch * config_.model.seq_len;
   if (!std::isfinite(r.grad_norm) || !std::isfinite(r.lm_loss)) {
     SY_CHECK_AS(DataError, config_.train.nan_policy == core::NanPolicy::kSkip, "step ", step + 1,
                 ": non-finite loss or gradient (train.nan_policy error)");
+    ++consecutive_skips_;
+    SY_CHECK_AS(DataError, consecutive_skips_ <= config_.train.max_consecutive_skips, "step ", step + 1, ": ",
+                consecutive_skips_, " steps in a row had a non-finite loss or gradient (train.max_consecutive_skips ",
+                config_.train.max_consecutive_skips, "): the run diverged; lower train.lr or resume from an earlier checkpoint");
     r.skipped = true;
+    ++state_.skipped_steps;
     optimizer_->zero_grad();
-  } else {
-    if (config_.train.grad_clip > 0 && r.grad_norm > config_.train.grad_clip) {
-      torch::NoGradGuard g;
-      const double scale = config_.train.grad_clip / (r.grad_norm + 1e-6);
-      std::vector<torch::Tensor> grads;
-      for (auto& p : model_->parameters())
-        if (p.grad().defined()) grads.push_back(p.mutable_grad());
-      at::_foreach_mul_(grads, scale);
-    }
-    optimizer_->step(learning_rate(config_.train, step));
+    return;
   }
-  // Global loads (all ranks' tokens) for the aux-loss-free bias update and the metrics.
-  for (auto& l : loads) world_->all_reduce(l, parallel::ReduceOp::kSum);
-  if (config_.model.moe.router.kind == core::RouterKind::kSigmoidBias && !r.skipped) {
+  consecutive_skips_ = 0;
+  if (config_.train.grad_clip > 0 && r.grad_norm > config_.train.grad_clip) {
+    torch::NoGradGuard g;
+    const double scale = config_.train.grad_clip / (r.grad_norm + 1e-6);
+    std::vector<torch::Tensor> grads;
+    for (auto& p : model_->parameters())
+      if (p.grad().defined()) grads.push_back(p.mutable_grad());
+    at::_foreach_mul_(grads, scale);
+  }
+  optimizer_->step(learning_rate(config_.train, step));
+  // The aux-loss-free bias moves with the global loads (all ranks' tokens).
+  if (config_.model.moe.router.kind == core::RouterKind::kSigmoidBias) {
     size_t i = 0;
     for (auto& layer : model_->moe_layers())
-      if (!layer.is_empty()) layer->router->update_bias(loads.at(i++));
+      if (!layer.is_empty()) layer->router->update_bias(r.loads.at(i++));
   }
-  r.loads = loads;
-  // One all-reduce for every scalar of the step (loss names are ordered alike on every rank).
-  std::vector<double> scalars = {r.lm_loss, r.aux_loss, dropped, routed};
-  for (const auto& [name, v] : r.losses) scalars.push_back(v);
-  auto packed = torch::tensor(scalars, torch::kFloat64);
-  world_->all_reduce(packed, parallel::ReduceOp::kSum);
-  const double micro_batches = static_cast<double>(world * micro_steps);
-  r.lm_loss = packed[0].item<double>() / micro_batches;
-  r.aux_loss = packed[1].item<double>() / micro_batches;
-  r.dropped = packed[2].item<double>();
-  r.routed = packed[3].item<double>();
-  int64_t i = 4;
-  for (auto& [name, v] : r.losses) v = packed[i++].item<double>() / micro_batches;
-  return r;
 }
 
 int64_t Trainer::eval_tokens() const {
@@ -359,43 +476,35 @@ int64_t Trainer::eval_tokens() const {
 double Trainer::evaluate() {
   torch::NoGradGuard no_grad;
   model_->eval();
-  const int64_t world = world_->size();
-  const int64_t per_rank = config_.train.global_batch / world;
   double total = 0;
   for (int64_t b = 0; b < config_.train.eval_batches; ++b) {
-    for (int64_t m = 0; m < per_rank; m += config_.train.micro_batch) {
-      const auto batch = val_sampler_->batch(b, world_->rank() * per_rank + m, config_.train.micro_batch).to(device_);
-      using torch::indexing::Slice;
+    for_each_micro_batch(*val_sampler_, b, true, [&](const MicroBatch& mb) {
       modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
-      const auto out = model_->forward(batch.index({Slice(), Slice(0, -1)}));
-      total += modules::TransformerLMImpl::lm_loss(out.logits, batch.index({Slice(), Slice(1, torch::indexing::None)})).item<double>();
-    }
+      const auto out = model_->forward(mb.inputs, mb.counters);
+      total += modules::TransformerLMImpl::lm_loss(out.logits, mb.targets).item<double>();
+    });
   }
   model_->train();
-  const double count = static_cast<double>(config_.train.eval_batches * world * (per_rank / config_.train.micro_batch));
+  const double count = static_cast<double>(config_.train.eval_batches * config_.micro_steps(world_->size()) * world_->size());
   return all_reduce_sum(*world_, total) / count;
 }
 
 parallel::RoutingTrace Trainer::trace(int64_t tokens) {
   torch::NoGradGuard no_grad;
   model_->eval();
-  const int64_t world = world_->size();
-  const int64_t per_rank = config_.train.global_batch / world;
   const int64_t batch_tokens = config_.train.global_batch * config_.model.seq_len;
   const int64_t batches = std::max<int64_t>(1, (tokens + batch_tokens - 1) / batch_tokens);
-  const int64_t k = config_.model.moe.top_k, E = config_.model.moe.num_experts;
+  const int64_t E = config_.model.moe.num_experts, slots = modules::routing_slots(config_.model.moe);
   std::vector<std::vector<torch::Tensor>> idx(config_.num_moe_layers()), gates(config_.num_moe_layers());
   for (int64_t b = 0; b < batches; ++b) {
-    for (int64_t m = 0; m < per_rank; m += config_.train.micro_batch) {
-      const auto batch = val_sampler_->batch(b, world_->rank() * per_rank + m, config_.train.micro_batch).to(device_);
+    for_each_micro_batch(*val_sampler_, b, true, [&](const MicroBatch& mb) {
       modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
-      const auto out = model_->forward(batch.index({torch::indexing::Slice(), torch::indexing::Slice(0, -1)}));
+      const auto out = model_->forward(mb.inputs, mb.counters);
       for (size_t l = 0; l < out.moe_stats.size(); ++l) {
-        const auto& s = out.moe_stats[l];
-        idx[l].push_back(s.expert_idx.reshape({-1, k}).masked_fill(s.expert_idx.reshape({-1, k}).ge(E), -1).to(torch::kCPU));
-        gates[l].push_back(s.gates.reshape({-1, k}).to(torch::kCPU, torch::kFloat32));
+        idx[l].push_back(routed_experts(out.moe_stats[l], E));
+        gates[l].push_back(out.moe_stats[l].gates.to(torch::kCPU, torch::kFloat32));
       }
-    }
+    });
   }
   model_->train();
   parallel::RoutingTrace trace;
@@ -403,7 +512,7 @@ parallel::RoutingTrace Trainer::trace(int64_t tokens) {
   trace.ep_size = groups_->ep_size;
   // Every rank routed the same number of tokens: gather in rank order, source = the rank's EP rank.
   for (size_t l = 0; l < idx.size(); ++l) {
-    trace.layers.push_back(gather_routing(*world_, groups_->ep_size, torch::cat(idx[l], 0), torch::cat(gates[l], 0), k));
+    trace.layers.push_back(gather_routing(*world_, groups_->ep_size, torch::cat(idx[l], 0), torch::cat(gates[l], 0), slots));
   }
   return trace;
 }
@@ -417,7 +526,7 @@ int64_t Trainer::write_trace(const std::string& path, int64_t tokens) {
     info.ranks_per_node = groups_->topology.uniform_ranks_per_node();
     info.d_model = config_.model.d_model;
     // Exchanged rows are activations: bf16 under CUDA autocast, fp32 otherwise.
-    info.activation_bytes = config_.train.precision == core::Precision::kBf16 && device_.is_cuda() ? 2 : 4;
+    info.activation_bytes = activation_bytes();
     write_routing_trace(path, t, info);
   }
   world_->barrier();
@@ -431,18 +540,19 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   SY_CHECK_AS(UsageError, !profiling || std::ofstream(profile.path).good(), "--profile: cannot write ", profile.path);
   if (profiling) modules::KinetoTrace(device_).save(profile.path);  // a LibTorch without Kineto fails here, before any step
   const auto run_dir = fs::path(config_.train.run_dir);
-  std::optional<std::string> from;
-  if (resume.kind == ResumeMode::Kind::kPath) {
-    from = resume.path;
-  } else {
-    const auto latest = checkpoints_->latest();
-    if (resume.kind == ResumeMode::Kind::kAuto) {
-      from = latest;
-    } else {
-      SY_CHECK_AS(CheckpointError, !latest, run_dir.string(), ": holds checkpoints already; --resume never would ",
-                  "overwrite them: pass --resume auto, or another --run-dir");
-    }
+  // One job per run directory: rank 0 holds the lock for the whole run (its refusal ends every rank).
+  std::unique_ptr<RunDirLock> lock;
+  if (rank0) lock = std::make_unique<RunDirLock>(run_dir.string());
+  // Rank 0 decides where the run starts (it alone may delete, with --overwrite); every rank follows.
+  std::string start_text;
+  if (rank0) {
+    const auto start = choose_start(run_dir.string(), *checkpoints_, resume);
+    for (const auto& note : start.notes) core::log_warn(note);
+    start_text = start.checkpoint.value_or("");
   }
+  start_text = parallel::broadcast_bytes(*world_, start_text, 0);
+  std::optional<std::string> from;
+  if (!start_text.empty()) from = start_text;
   if (auto* synthetic = dynamic_cast<const data::SyntheticCorpus*>(source_.get())) {
     core::log_info("data: ", synthetic->describe());
     core::log_info("unigram entropy of the synthetic corpus: ", synthetic->unigram_entropy(), " nats");
@@ -457,10 +567,7 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
     }
   }
   // Written only once the checkpoint (if any) loaded: a refused resume changes nothing in the run dir.
-  if (rank0) {
-    fs::create_directories(run_dir);
-    std::ofstream(run_dir / "config.yaml") << core::dump_config(config_);
-  }
+  if (rank0) core::write_file_atomically((run_dir / "config.yaml").string(), core::dump_config(config_));
   int64_t params = 0;
   for (const auto& p : model_->parameters()) params += p.numel();
   core::log_info("model: ", params, " parameters on this rank; ", world_->size(), " rank(s), expert_parallel ",
@@ -481,15 +588,17 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   std::unique_ptr<modules::KinetoTrace> trace;
   for (int64_t step = state_.step; step < config_.train.steps; ++step) {
     if (profiling && step == profile_from) trace = std::make_unique<modules::KinetoTrace>(device_);
-    const auto r = train_step(step);
+    // Test hooks (tests/trainer): a chosen rank fails, exits or stops at a chosen step.
+    SY_CHECK_AS(DataError, !core::fault_at("throw_at_step", step + 1), "injected failure at step ", step + 1);
+    if (core::fault_at("exit_at_step", step + 1)) std::_Exit(3);
+    if (core::fault_at("stop_at_step", step + 1)) std::raise(SIGSTOP);
+    auto r = compute_gradients();
+    apply_update(r);
     if (trace && (step + 1 == profile_from + profile.steps || step + 1 == config_.train.steps)) {
       trace->save(profile.path);
       trace.reset();
       core::log_info("profile: steps ", profile_from + 1, "-", step + 1, " in ", profile.path);
     }
-    state_.step = step + 1;
-    state_.tokens_seen += tokens_per_step;
-    state_.skipped_steps += r.skipped;
     ++window_steps;
     const bool log = config_.train.log_every > 0 && (state_.step % config_.train.log_every == 0 || state_.step == config_.train.steps);
     const bool eval = config_.train.eval_every > 0 && (state_.step % config_.train.eval_every == 0 || state_.step == config_.train.steps);
@@ -557,15 +666,12 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
     }
     const bool save = config_.train.checkpoint_every > 0 &&
                       (state_.step % config_.train.checkpoint_every == 0 || state_.step == config_.train.steps);
-    if (save) {
-      state_.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
-      checkpoints_->save(state_, core::dump_config(config_), *model_, *optimizer_, placements_);
-    }
+    if (save) save_checkpoint();
     if (config_.parallel.replan_every > 0 && state_.step % config_.parallel.replan_every == 0 &&
         state_.step < config_.train.steps) {
       const auto [before, after] = replan();
-      const double row = parallel::bytes_per_row(config_.model.d_model, config_.model.moe.top_k,
-                                                 config_.train.precision == core::Precision::kBf16 && device_.is_cuda() ? 2 : 4);
+      const double row = parallel::bytes_per_row(config_.model.d_model, modules::routing_slots(config_.model.moe),
+                                                 activation_bytes());
       core::log_info("re-planned expert placement at step ", state_.step, ": predicted inter-node bytes per token ",
                      before * row, " -> ", after * row, " (", (run_dir / "plans").string(), ")");
       pending_replan_ = {before * row, after * row};

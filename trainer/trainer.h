@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,15 +19,9 @@
 #include "parallel/run_world.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
+#include "trainer/run_dir.h"
 
 namespace switchyard::trainer {
-
-/// How `train` starts: resume from the newest checkpoint if any (auto), never, or from a path.
-struct ResumeMode {
-  enum class Kind { kAuto, kNever, kPath } kind = Kind::kAuto;
-  std::string path;
-  static ResumeMode parse(const std::string& text);
-};
 
 /// `train --profile`: rank 0 records `steps` training steps (after two warm-up steps) as a Kineto
 /// trace at `path`; an empty path records nothing.
@@ -57,15 +52,43 @@ class Trainer {
 
   const data::TokenSource& source() const { return *source_; }
 
- private:
+  // --- One optimizer step in two halves (train() runs both; the config-space tester compares the
+  // gradients in between with the single-process model's). ---
+
+  /// What one step computed, reduced over every rank.
   struct StepResult {
-    double lm_loss = 0, aux_loss = 0, grad_norm = 0;
+    double lm_loss = 0, aux_loss = 0, grad_norm = 0;  ///< means over the step's micro-batches
     bool skipped = false;
-    std::map<std::string, double> losses;
-    std::vector<torch::Tensor> loads;  ///< per MoE layer, global slots per expert
-    double dropped = 0, routed = 0;
+    std::map<std::string, double> losses;  ///< each routing loss, summed over layers and per layer
+    std::vector<torch::Tensor> loads;      ///< per MoE layer, [E + null] fp64 slots routed, all ranks
+    double dropped = 0, routed = 0;        ///< slots (MoEStats), all ranks and layers
   };
-  StepResult train_step(int64_t step);
+  /// Forward and backward of this rank's micro-batches of the next step's global batch; gradients
+  /// synchronized so they equal the single-process model's on the global batch; the global gradient
+  /// norm. Collective.
+  StepResult compute_gradients();
+  /// The update, and the step counted done: NaN policy (throws past train.max_consecutive_skips
+  /// skipped steps in a row), clipping, AdamW, the sigmoid_bias router's bias. Collective.
+  void apply_update(StepResult& result);
+  /// Saves a checkpoint of the current state (collective); refuses non-finite parameters.
+  void save_checkpoint();
+  modules::TransformerLMImpl& model() { return *model_; }
+  /// Global ids of the experts this rank holds in MoE layer `moe_layer`, in local order.
+  std::vector<int64_t> local_expert_ids(size_t moe_layer) const;
+  int64_t step() const { return state_.step; }
+
+ private:
+  /// A micro-batch: inputs and targets [micro, seq_len], each input token's run-wide counter.
+  struct MicroBatch {
+    torch::Tensor inputs, targets, counters;
+  };
+  /// Runs `fn` on each micro-batch this rank holds of global batch `index` of `sampler`, in order.
+  /// `eval` numbers the tokens in a counter stream of its own.
+  void for_each_micro_batch(const data::BatchSampler& sampler, int64_t index, bool eval,
+                            const std::function<void(const MicroBatch&)>& fn) const;
+  /// losses.load_balance_scope global_batch over several micro-batches: routes the whole step first
+  /// (forward only) and hands every MoE layer the step's slot counts over all ranks. Collective.
+  void count_step_routing(int64_t step);
   /// Builds model, dispatchers (for placements_) and optimizer; attaches expert parallelism.
   void build_model();
   /// Re-plans placement from the routing recorded since the last plan: saves a checkpoint, plans
@@ -74,6 +97,8 @@ class Trainer {
   /// before and after. Collective.
   std::pair<double, double> replan();
   double global_grad_norm();
+  /// Bytes of one exchanged activation element (bf16 under CUDA autocast, fp64, else fp32).
+  int64_t activation_bytes() const;
 
   core::Config config_;
   std::shared_ptr<parallel::Communicator> world_;
@@ -83,8 +108,9 @@ class Trainer {
   std::unique_ptr<data::BatchSampler> train_sampler_, val_sampler_;
   std::vector<parallel::ExpertPlacement> placements_;
   std::vector<std::shared_ptr<parallel::ExpertParallelDispatcher>> dispatchers_;
-  std::vector<std::vector<torch::Tensor>> recent_routing_;
-  std::optional<std::pair<double, double>> pending_replan_;  ///< predicted bytes for the next metrics line  ///< per MoE layer, [T, k] int32 since the last plan
+  std::vector<std::vector<torch::Tensor>> recent_routing_;   ///< per MoE layer, [T, slots] int32 since the last plan
+  std::optional<std::pair<double, double>> pending_replan_;  ///< predicted bytes for the next metrics line
+  int64_t consecutive_skips_ = 0;
   modules::TransformerLM model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<CheckpointManager> checkpoints_;

@@ -226,6 +226,11 @@ TEST(ConfigRule, NullExpertsNeedTokenChoiceRouter) {
 TEST(ConfigRule, ContrastiveNeedsCosineRouter) {
   EXPECT_HAS(load_error("", {"losses.contrastive=0.1"}), "losses.contrastive: needs model.moe.router.kind cosine");
 }
+TEST(ConfigRule, GlobalBatchBalanceNotForBilevel) {
+  EXPECT_HAS(load_error("", {"model.moe.router.kind=bilevel", "model.moe.top_k=1",
+                             "losses.load_balance_scope=global_batch"}),
+             "losses.load_balance_scope: global_batch is not available for router.kind bilevel");
+}
 TEST(ConfigRule, GlobalBatchMultipleOfMicroBatch) {
   EXPECT_HAS(load_error("", {"train.global_batch=10", "train.micro_batch=4"}),
              "train.global_batch: must be a multiple of train.micro_batch (4), got 10");

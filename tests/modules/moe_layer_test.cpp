@@ -80,7 +80,7 @@ TEST(MoELayer, ExpertsWithoutTokensWork) {
   MoELayer layer(cfg, no_losses(), 0, 1);
   const auto x = torch::randn({5, 8}, torch::requires_grad());
   const auto ids = torch::full({5}, 9, torch::kInt64);  // every token hashes to the same expert
-  const auto out = layer->forward(x, ids);
+  const auto out = layer->forward(x, {ids});
   out.y.sum().backward();
   const auto counts = out.stats.tokens_per_expert;
   EXPECT_EQ(counts.gt(0).sum().item<int64_t>(), 1);
@@ -186,7 +186,7 @@ TEST(MoELayer, EveryRouterRunsForwardAndBackward) {
     MoELayer layer(cfg, losses, 0, 3);
     const auto x = torch::randn({2, 6, 16}, torch::requires_grad());
     const auto ids = torch::randint(0, 256, {2, 6}, torch::kInt64);
-    const auto out = layer->forward(x, ids);
+    const auto out = layer->forward(x, {ids});
     auto total = out.y.pow(2).sum();
     for (const auto& [loss_name, value] : out.losses) {
       EXPECT_TRUE(std::isfinite(value.item<double>())) << name << " " << loss_name;
@@ -262,6 +262,66 @@ TEST(LayerBenchmark, CheckComparesTheTimedDtypeWithAWiderReference) {
     EXPECT_GT(bf16, 1e-4);
     EXPECT_LT(bf16, 1e-2);
   }
+}
+
+TEST(MoELayer, NoTokensGiveZeroLossesNotNaN) {
+  // Found by the config-space tester: a rank or chunk without tokens took means over no tokens.
+  auto cfg = model_config(8, 4, 2, 8);
+  core::LossesConfig losses;
+  losses.load_balance = 0.1;
+  losses.z_loss = 0.01;
+  losses.seq_balance = 0.01;
+  losses.locality = 0.1;
+  for (auto kind : {RouterKind::kTopK, RouterKind::kBilevel}) {
+    cfg.moe.router.kind = kind;
+    cfg.moe.router.groups = 2;
+    cfg.moe.top_k = kind == RouterKind::kBilevel ? 1 : 2;
+    MoELayer layer(cfg, losses, 0, 1);
+    const auto x = torch::randn({1, 0, 8}, torch::requires_grad());  // [B = 1, S = 0, d]
+    const auto out = layer->forward(x);
+    auto total = out.y.sum();
+    for (const auto& [name, v] : out.losses) {
+      EXPECT_TRUE(std::isfinite(v.item<double>())) << name << " " << core::enum_name(kind);
+      EXPECT_EQ(v.item<double>(), 0.0) << name;
+      total = total + v;
+    }
+    total.backward();
+    EXPECT_TRUE(std::isfinite(out.stats.entropy.item<double>()));
+  }
+}
+
+TEST(MoELayer, NoSlotReachesAnExpert) {
+  // Found by the config-space tester: one routed expert and a null expert that takes every token
+  // left the un-permute indexing an empty gate vector.
+  auto cfg = model_config(8, 1, 1, 8);
+  cfg.moe.null_experts = 1;
+  MoELayer layer(cfg, no_losses(), 0, 1);
+  {
+    torch::NoGradGuard g;
+    auto w = layer->router->named_parameters()["weight"];
+    w.zero_();
+    w[1].fill_(1.0);  // the null expert wins for positive inputs
+  }
+  const auto x = torch::rand({6, 8}) + 0.1;
+  const auto out = layer->forward(x.requires_grad_());
+  EXPECT_EQ(out.stats.tokens_per_expert[0].item<double>(), 0.0);
+  EXPECT_TRUE(torch::equal(out.y, torch::zeros_like(out.y)));
+  out.y.sum().backward();
+}
+
+TEST(MoELayer, ExpertChoiceCountsTokensNoExpertTook) {
+  // Issue 18.7: expert choice drops the tokens no expert picked; dropped_frac must say so.
+  auto cfg = model_config(8, 4, 2, 8);
+  cfg.moe.router.kind = RouterKind::kExpertChoice;
+  cfg.moe.capacity_factor = 0.5;  // 4 experts x ceil(0.5 * 2 * 16 / 4) = 4 tokens each: at most 16 picks
+  MoELayer layer(cfg, no_losses(), 0, 1);
+  const auto x = torch::randn({16, 8});
+  const auto out = layer->forward(x);
+  const int64_t untaken = out.stats.expert_idx.ge(0).any(1).logical_not().sum().item<int64_t>();
+  EXPECT_EQ(out.stats.routed_slots.item<int64_t>(), 16 * 2);
+  EXPECT_EQ(out.stats.dropped_slots.item<int64_t>(), 2 * untaken);
+  EXPECT_GT(untaken, 0) << "this batch leaves tokens untaken";
+  EXPECT_NEAR(out.stats.dropped_frac(), static_cast<double>(untaken) / 16.0, 1e-12);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "modules/counter_rng.h"
 
 namespace switchyard::modules {
 namespace {
@@ -113,8 +114,8 @@ TEST(TopPRouter, SmallestSetOverThreshold) {
 TEST(HashRouter, DeterministicInTokenIdAlone) {
   Router r(moe_config(RouterKind::kHash, 8, 2), 4, 0.02);
   const auto ids = torch::tensor({5, 17, 5, 300, 17}, torch::kInt64);
-  const auto a = r->forward(torch::randn({5, 4}), ids);
-  const auto b = r->forward(torch::randn({5, 4}), ids);
+  const auto a = r->forward(torch::randn({5, 4}), {ids});
+  const auto b = r->forward(torch::randn({5, 4}), {ids});
   EXPECT_TRUE(torch::equal(a.expert_idx, b.expert_idx));
   EXPECT_TRUE(torch::equal(a.expert_idx[0], a.expert_idx[2]));
   EXPECT_TRUE(torch::equal(a.expert_idx[1], a.expert_idx[4]));
@@ -219,6 +220,43 @@ TEST(LocMoECapacity, WorkedValuesOfAlgorithmsDoc) {
   EXPECT_NEAR(locmoe_min_capacity(0.03, 1024, 16), 0.19, 0.005);
   EXPECT_NEAR(locmoe_min_capacity(0.03, 4096, 16), 1.14, 0.005);
   EXPECT_NEAR(locmoe_min_capacity(0.03, 7168, 16), 5.64, 0.005);
+}
+
+TEST(RandomRouter, ATokensExpertsDependOnItsCounterOnly) {
+  // Issue 18.5: random routing was drawn from the generator in batch order, so a token's experts
+  // depended on its place in its rank's batch. Now: a hash of (layer key, token counter, expert).
+  for (auto kind : {RouterKind::kRandom, RouterKind::kNoisyTopK}) {
+    Router r(moe_config(kind, 8, 2), 4, 0.5, /*noise_key=*/123);
+    const auto x = torch::randn({6, 4});
+    const auto counters = torch::tensor({40, 41, 42, 43, 44, 45}, torch::kInt64);
+    const auto all = r->forward(x, {{}, counters});
+    // The last three tokens alone, and the batch reversed: the same experts per token.
+    const auto part = r->forward(x.narrow(0, 3, 3), {{}, counters.narrow(0, 3, 3)});
+    EXPECT_TRUE(torch::equal(part.expert_idx, all.expert_idx.narrow(0, 3, 3))) << core::enum_name(kind);
+    const auto flip = torch::arange(5, -1, -1, torch::kInt64);
+    const auto reversed = r->forward(x.index_select(0, flip), {{}, counters.index_select(0, flip)});
+    EXPECT_TRUE(torch::equal(reversed.expert_idx.index_select(0, flip), all.expert_idx)) << core::enum_name(kind);
+    // Other counters draw other noise; another layer's key too.
+    Router other(moe_config(kind, 8, 2), 4, 0.5, /*noise_key=*/124);
+    torch::NoGradGuard g;
+    for (const auto& p : r->named_parameters()) other->named_parameters()[p.key()].copy_(p.value());
+    EXPECT_FALSE(torch::equal(other->forward(x, {{}, counters}).expert_idx, all.expert_idx)) << core::enum_name(kind);
+  }
+}
+
+TEST(CounterRng, UniformAndNormalDrawsHaveTheirMoments) {
+  const auto counters = torch::arange(20000, torch::kInt64);
+  const auto u = counter_uniform(7, counters, 3);
+  EXPECT_GE(u.min().item<double>(), 0.0);
+  EXPECT_LT(u.max().item<double>(), 1.0);
+  EXPECT_NEAR(u.mean().item<double>(), 0.5, 0.01);
+  EXPECT_NEAR(u.var().item<double>(), 1.0 / 12, 0.005);
+  const auto n = counter_normal(7, counters, 3);
+  EXPECT_NEAR(n.mean().item<double>(), 0.0, 0.02);
+  EXPECT_NEAR(n.std().item<double>(), 1.0, 0.02);
+  // Columns and lanes are independent streams: no correlation between neighbours.
+  const auto c = torch::corrcoef(torch::stack({u.select(1, 0), u.select(1, 1)}));
+  EXPECT_LT(std::abs(c[0][1].item<double>()), 0.03);
 }
 
 }  // namespace

@@ -264,9 +264,17 @@ TEST(ExpertParallel, DedupSendsFewerBytesForEqualResults) {
   EXPECT_GT(bytes[0].item<int64_t>(), 0);
 }
 
+void expect_uneven_tokens_match(int64_t chunks);
+
 TEST(ExpertParallel, UnevenTokensAndIdleExpertsAndRanks) {
   // Rank r holds {3, 5, 0, 7}[r % 4] tokens, and every token hashes to one expert: most experts and
-  // some ranks get nothing. Loss is a plain sum, so gradients add up without scaling.
+  // some ranks get nothing. Loss is a plain sum, so gradients add up without scaling. With 4 overlap
+  // chunks too: ranks with fewer tokens than chunks must still issue every chunk's exchange (found by
+  // the config-space tester: they issued fewer, and the collectives went out of step).
+  for (const int64_t chunks : {1, 4}) expect_uneven_tokens_match(chunks);
+}
+
+void expect_uneven_tokens_match(int64_t chunks) {
   const int n = world()->size(), r = world()->rank();
   const int64_t counts[] = {3, 5, 0, 7};
   int64_t offset = 0, total = 0;
@@ -278,17 +286,18 @@ TEST(ExpertParallel, UnevenTokensAndIdleExpertsAndRanks) {
   c.model.moe.router.kind = core::RouterKind::kHash;
   c.losses.load_balance = 0;
   c.losses.z_loss = 0;
+  c.parallel.overlap_chunks = chunks;
   torch::manual_seed(3);
   const auto x_all = torch::randn({total, 8});
   const auto ids_all = torch::full({total}, 11, torch::kInt64);
   auto ref = reference_layer(c);
   auto x_ref = x_all.clone().requires_grad_();
-  const auto y_ref = ref->forward(x_ref, ids_all).y;
+  const auto y_ref = ref->forward(x_ref, {ids_all}).y;
   y_ref.sum().backward();
 
   auto dist = build(c);
   auto x = x_all.narrow(0, offset, counts[r % 4]).clone().requires_grad_();
-  const auto y = dist.layer->forward(x, ids_all.narrow(0, offset, counts[r % 4])).y;
+  const auto y = dist.layer->forward(x, {ids_all.narrow(0, offset, counts[r % 4])}).y;
   y.sum().backward();
   sync_gradients(*dist.layer, *dist.groups);
   if (x.size(0) > 0) {
@@ -300,6 +309,44 @@ TEST(ExpertParallel, UnevenTokensAndIdleExpertsAndRanks) {
   const auto ids = torch::tensor(dist.dispatcher->local_expert_ids(), torch::kInt64);
   const auto expected = ref->experts->w_in.grad().index_select(0, ids);
   EXPECT_TRUE(torch::allclose(dist.layer->experts->w_in.grad() * n, expected, 1e-5, 1e-7));
+}
+
+/// A token id the hash router sends to experts first, first + 1, ... (mod num_experts).
+int64_t token_for_expert(int64_t first, int64_t num_experts) {
+  for (int64_t id = 0;; ++id) {
+    const int64_t h = ((id * 2654435761LL) & 0xffffffffLL) / 256;
+    if (h % num_experts == first) return id;
+  }
+}
+
+TEST(ExpertParallel, OddTopKWithOneReceivedRow) {
+  // Issue 18.1: with k odd, a receive buffer of one packed row kept its int64 metadata at a byte
+  // offset of 4 (d + k) floats, which cannot be viewed as int64 ("storage_offset must be divisible
+  // by 8"). Rank 0 sends one token to rank 1 (its only received row) and every other token to rank
+  // 0's experts; k experts per rank, so each token's k experts sit on one rank (one row).
+  const int n = world()->size(), r = world()->rank();
+  if (n < 2) GTEST_SKIP() << "needs peers";
+  for (int64_t k : {1, 3}) {
+    auto c = base_config(n, DispatcherKind::kFlat, 0);
+    c.model.d_model = 8;  // the metadata at 4 (8 + k) bytes: not a multiple of 8 for odd k
+    c.model.moe.num_experts = k * n;
+    c.model.moe.top_k = k;
+    c.model.moe.router.kind = core::RouterKind::kHash;
+    c.losses.load_balance = 0;
+    c.losses.z_loss = 0;
+    const int64_t to_rank0 = token_for_expert(0, k * n), to_rank1 = token_for_expert(k, k * n);
+    const auto ids_all = torch::tensor(std::vector<int64_t>{to_rank0, to_rank1, to_rank0, to_rank0});
+    // Rank 0 holds the first two tokens, rank 1 the third, rank 2 the fourth (4 ranks), others none.
+    const int64_t offset = r == 0 ? 0 : std::min<int64_t>(r + 1, 4), count = r == 0 ? 2 : (r <= 2 ? 1 : 0);
+    const int64_t total = std::min<int64_t>(n + 1, 4);
+    torch::manual_seed(4);
+    const auto x_all = torch::randn({total, 8});
+    auto ref = reference_layer(c);
+    const auto y_ref = ref->forward(x_all, {ids_all.narrow(0, 0, total)}).y;
+    auto dist = build(c);
+    const auto y = dist.layer->forward(x_all.narrow(0, offset, count), {ids_all.narrow(0, offset, count)}).y;
+    EXPECT_LT(rel_l2(y, y_ref.narrow(0, offset, count)), 1e-6) << "k " << k;
+  }
 }
 
 /// SMILE and LocMoE on an emulated 2-node topology: every rank's output and losses equal a

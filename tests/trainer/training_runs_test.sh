@@ -52,6 +52,16 @@ else fail "resumed losses differ:"; diff "$work/full.txt" "$work/killed.txt"; fi
 grep -q '"loss_z_loss_moe1":' "$work/full/metrics.jsonl" && grep -q '"loss_z_loss":' "$work/full/metrics.jsonl" &&
   ok "metrics carry every routing loss per MoE layer and summed" || fail "per-layer loss metrics missing"
 
+# 1b. Two launches of one CPU config are equal in every bit (SMILE's two-level exchange on 4 ranks).
+smile=(--set model.moe.router.kind=bilevel --set model.moe.router.groups=2 --set model.moe.top_k=1
+       --set parallel.dispatcher=hierarchical --set parallel.ranks_per_node=2 --set train.checkpoint_every=0)
+train 4 4 "$work/launch1" "${smile[@]}" && train 4 4 "$work/launch2" "${smile[@]}" || fail "smile launches: $(tail -n 3 "$work/launch1.log")"
+if cmp -s <(losses "$work/launch1" 1) <(losses "$work/launch2" 1) && [ -s "$work/launch1/metrics.jsonl" ]; then
+  ok "two launches of one CPU config give the same losses, bitwise"
+else
+  fail "two launches differ:"; diff <(losses "$work/launch1" 1) <(losses "$work/launch2" 1)
+fi
+
 # 2. Re-sharding: 4 ranks EP 4 <-> 2 ranks EP 2.
 train 4 4 "$work/full4" || fail "4-rank run: $(tail -n 3 "$work/full4.log")"
 losses "$work/full4" 5 >"$work/full4.txt"
@@ -106,7 +116,7 @@ compare "$work/full4all.txt" "$work/replan.txt" 1e-5 "re-planning mid-run keeps 
 # 3. Corrupt and truncated checkpoints.
 ck=$work/full/checkpoints/step_00000008
 "$bin" inspect "$ck" >/dev/null 2>&1 && ok "inspect verifies a good checkpoint" || fail "inspect on a good checkpoint"
-before=$(cd "$work/full" && find . -type f -exec cksum {} + | sort)
+before=$(cd "$work/full" && find . -type f ! -name '.lock' -exec cksum {} + | sort)
 printf '\x55' | dd of="$ck/rank_0.bin" bs=1 seek=100 conv=notrunc status=none
 "$bin" inspect "$ck" >/dev/null 2>"$work/err"; status=$?
 [ "$status" -eq 2 ] && grep -q "^error: .*rank_0.bin: checksum mismatch in tensor .*expected crc32c" "$work/err" &&
@@ -118,7 +128,7 @@ truncate -s 50 "$work/full/checkpoints/step_00000004/rank_1.bin"
 "$bin" inspect "$work/full/checkpoints/step_00000004" >/dev/null 2>"$work/err"; status=$?
 [ "$status" -eq 2 ] && grep -q "rank_1.bin: truncated" "$work/err" && ok "truncated file refused: $(cat "$work/err")" ||
   fail "truncated checkpoint: status $status: $(cat "$work/err")"
-after=$(cd "$work/full" && find . -type f ! -name 'rank_0.bin' ! -name 'rank_1.bin' ! -name '*.log' -exec cksum {} + | sort)
+after=$(cd "$work/full" && find . -type f ! -name 'rank_0.bin' ! -name 'rank_1.bin' ! -name '*.log' ! -name '.lock' -exec cksum {} + | sort)
 before_kept=$(echo "$before" | grep -v 'rank_0.bin\|rank_1.bin')
 [ "$(echo "$after" | grep -v events.out)" = "$(echo "$before_kept" | grep -v events.out)" ] &&
   ok "nothing deleted or overwritten by the refused runs" || fail "files changed after a refused resume"

@@ -1,0 +1,26 @@
+// Files that must never be left half-written: atomic, durable replacement with every step checked.
+#pragma once
+
+#include <string>
+
+namespace switchyard::core {
+
+/// Replaces `path` with `bytes` atomically and durably: a temporary file beside it, every write,
+/// flush, fsync and close checked, then a rename over `path` and an fsync of the directory. On any
+/// failure the old file stays as it was, the temporary file is removed, and IoError names the path
+/// and the reason. (Test hook: SWITCHYARD_FAULT_INJECT=write_fail:<file name> fails the write of
+/// that file name as a full disk would.)
+void write_file_atomically(const std::string& path, const std::string& bytes);
+
+/// Appends `text` to `path` (created if absent) and flushes it; throws IoError naming the path on
+/// failure. For append-only logs whose earlier lines must survive.
+void append_to_file(const std::string& path, const std::string& text);
+
+/// fsync of a directory, so a rename or a new entry in it survives a crash (errors ignored: some
+/// filesystems refuse to sync directories).
+void sync_directory(const std::string& dir) noexcept;
+
+/// The whole content of `path`; throws `DataError` naming it when it cannot be read.
+std::string read_file(const std::string& path);
+
+}  // namespace switchyard::core
