@@ -347,6 +347,9 @@ void Config::validate() const {
   require((model.d_model / model.n_heads) % 2 == 0,
           "model.n_heads: head width d_model / n_heads must be even for RoPE, got " +
               std::to_string(model.d_model / model.n_heads));
+  require(model.n_kv_heads == 0 || model.n_heads % model.n_kv_heads == 0,
+          "model.n_kv_heads: must divide model.n_heads (" + std::to_string(model.n_heads) + "), got " +
+              std::to_string(model.n_kv_heads));
   require(moe.top_k <= moe.num_experts,
           "model.moe.top_k: must be <= model.moe.num_experts (" + std::to_string(moe.num_experts) + "), got " +
               std::to_string(moe.top_k));

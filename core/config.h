@@ -27,6 +27,7 @@ enum class TokenDtype { kUint16, kUint32 };
 enum class Precision { kFp32, kBf16, kFp64 };
 enum class DeviceKind { kCpu, kCuda };
 enum class NanPolicy { kSkip, kError };
+enum class RecomputeKind { kNone, kMoE, kFull };
 
 /// The YAML spelling of each enum value, in declaration order.
 template <class E>
@@ -57,6 +58,7 @@ SY_ENUM_NAMES(TokenDtype, {TokenDtype::kUint16, "uint16"}, {TokenDtype::kUint32,
 SY_ENUM_NAMES(Precision, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"}, {Precision::kFp64, "fp64"});
 SY_ENUM_NAMES(DeviceKind, {DeviceKind::kCpu, "cpu"}, {DeviceKind::kCuda, "cuda"});
 SY_ENUM_NAMES(NanPolicy, {NanPolicy::kSkip, "skip"}, {NanPolicy::kError, "error"});
+SY_ENUM_NAMES(RecomputeKind, {RecomputeKind::kNone, "none"}, {RecomputeKind::kMoE, "moe"}, {RecomputeKind::kFull, "full"});
 #undef SY_ENUM_NAMES
 
 template <class E>
@@ -148,6 +150,7 @@ struct ModelConfig {
   int64_t d_model = 128;
   int64_t n_layers = 4;
   int64_t n_heads = 4;
+  int64_t n_kv_heads = 0;
   int64_t seq_len = 128;
   int64_t dense_ffn_hidden = 512;
   bool tie_embeddings = true;
@@ -161,7 +164,8 @@ struct ModelConfig {
     v.field("vocab_size", vocab_size, "token vocabulary (256 for the byte tokenizer)", Bounds::in(2, 1 << 30));
     v.field("d_model", d_model, "model width", Bounds::in(4, 1 << 16));
     v.field("n_layers", n_layers, "transformer blocks", Bounds::in(1, 1024));
-    v.field("n_heads", n_heads, "attention heads", Bounds::in(1, 1024));
+    v.field("n_heads", n_heads, "attention (query) heads", Bounds::in(1, 1024));
+    v.field("n_kv_heads", n_kv_heads, "key/value heads for grouped-query attention (0 = n_heads)", Bounds::in(0, 1024));
     v.field("seq_len", seq_len, "tokens per sequence", Bounds::in(2, 1 << 20));
     v.field("dense_ffn_hidden", dense_ffn_hidden, "hidden width of the dense FFN in non-MoE layers",
             Bounds::in(1, 1 << 20));
@@ -273,6 +277,7 @@ struct TrainConfig {
   int64_t checkpoint_every = 100;
   int64_t keep_checkpoints = 2;
   Precision precision = Precision::kFp32;
+  RecomputeKind recompute = RecomputeKind::kNone;
   bool deterministic = false;
   DeviceKind device = DeviceKind::kCpu;
   std::string run_dir = "runs/default";
@@ -304,6 +309,8 @@ struct TrainConfig {
     v.field("precision", precision, "fp32, bf16 autocast with fp32 master weights (CUDA), or fp64 (numerical "
                                     "checks: the config-space tester's second opinion)");
     v.field("device", device, "cpu or cuda");
+    v.field("recompute", recompute, "activation recomputation in the backward: none, moe (the experts' MLP: "
+                                    "both projections and the activation), or full (each transformer block)");
     v.field("deterministic", deterministic, "bitwise reproducible GPU runs: PyTorch's deterministic algorithms "
                                             "(slower; an op without one stops the run naming it)");
     v.field("run_dir", run_dir, "run directory: config.yaml, metrics.jsonl, checkpoints/");

@@ -7,6 +7,15 @@
 
 namespace switchyard::modules {
 
+/// Whether CUDA autocast is on in this thread.
+inline bool cuda_autocast_enabled() {
+#if SY_TORCH_AT_LEAST(2, 4)
+  return at::autocast::is_autocast_enabled(at::kCUDA);
+#else
+  return at::autocast::is_enabled();
+#endif
+}
+
 /// bf16 autocast on CUDA for the scope (fp32 master weights stay as they are).
 class Bf16Autocast {
  public:

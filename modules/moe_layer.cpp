@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "losses/routing_losses.h"
 #include "modules/counter_rng.h"
+#include "modules/recompute.h"
 #include "modules/side_stream.h"
 
 namespace switchyard::modules {
@@ -57,10 +58,19 @@ MoELayerImpl::MoELayerImpl(const core::ModelConfig& model, const core::LossesCon
   }
 }
 
+torch::Tensor MoELayerImpl::run_experts(const Dispatched& d) {
+  if (!recompute_experts_) return experts->forward(d.tokens, d.tokens_per_expert, d.expert_ends);
+  const auto counts = d.tokens_per_expert, ends = d.expert_ends;
+  Experts mlp = experts;
+  return recompute_in_backward([mlp, counts, ends](const torch::Tensor& tokens) mutable -> torch::autograd::variable_list {
+    return {mlp->forward(tokens, counts, ends)};
+  }, d.tokens)[0];
+}
+
 torch::Tensor MoELayerImpl::routed_experts(const torch::Tensor& x, const torch::Tensor& expert_idx,
                                            const torch::Tensor& gates) {
   const Dispatched dispatched = dispatcher_->dispatch(x, expert_idx, gates);
-  const auto expert_out = experts->forward(dispatched.tokens, dispatched.tokens_per_expert, dispatched.expert_ends);
+  const auto expert_out = run_experts(dispatched);
   return dispatcher_->combine_weighted(expert_out, dispatched.slot_gates, dispatched);
 }
 
@@ -93,7 +103,7 @@ torch::Tensor MoELayerImpl::routed_experts_overlapped(const torch::Tensor& x, co
     side.used_on_main(dispatched[c].tokens);
     side.used_on_main(dispatched[c].tokens_per_expert);
     side.used_on_main(dispatched[c].expert_ends);
-    expert_out[c] = experts->forward(dispatched[c].tokens, dispatched[c].tokens_per_expert, dispatched[c].expert_ends);
+    expert_out[c] = run_experts(dispatched[c]);
     experts_done[c] = side.mark_main();
     if (c > 0) combine(c - 1);
   }

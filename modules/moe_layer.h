@@ -72,6 +72,8 @@ class MoELayerImpl : public torch::nn::Module {
   /// Splits the routed tokens into `chunks` (parallel.overlap_chunks): each chunk's dispatch and
   /// combine run on a side CUDA stream while the experts compute the chunk before (same results).
   void set_overlap_chunks(int64_t chunks) { overlap_chunks_ = std::max<int64_t>(1, chunks); }
+  /// Recompute the experts' MLP in the backward instead of keeping its activations (train.recompute moe).
+  void set_recompute_experts(bool on) { recompute_experts_ = on; }
 
   Router router{nullptr};
   Experts experts{nullptr};
@@ -87,6 +89,10 @@ class MoELayerImpl : public torch::nn::Module {
   torch::Tensor step_counts_;
   torch::Tensor local_mask_;
   int64_t overlap_chunks_ = 1;
+  bool recompute_experts_ = false;
+
+  /// experts->forward, recomputed in the backward when set_recompute_experts(true).
+  torch::Tensor run_experts(const Dispatched& dispatched);
 
   /// Routed experts of x [T, d]: dispatch, experts, gate-weighted combine -> [T, d].
   torch::Tensor routed_experts(const torch::Tensor& x, const torch::Tensor& expert_idx, const torch::Tensor& gates);

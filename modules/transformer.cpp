@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "losses/routing_losses.h"
+#include "modules/recompute.h"
 #include "modules/torch_version.h"
 
 namespace switchyard::modules {
@@ -20,8 +21,10 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
 }
 
 AttentionImpl::AttentionImpl(const core::ModelConfig& config)
-    : n_heads_(config.n_heads), head_dim_(config.d_model / config.n_heads) {
-  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(config.d_model, 3 * config.d_model).bias(false)));
+    : n_heads_(config.n_heads), n_kv_heads_(config.n_kv_heads > 0 ? config.n_kv_heads : config.n_heads),
+      head_dim_(config.d_model / config.n_heads) {
+  const int64_t qkv_width = (n_heads_ + 2 * n_kv_heads_) * head_dim_;
+  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(config.d_model, qkv_width).bias(false)));
   out = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(config.d_model, config.d_model).bias(false)));
   torch::nn::init::normal_(qkv->weight, 0.0, config.init_std);
   torch::nn::init::normal_(out->weight, 0.0, config.init_std / std::sqrt(2.0 * config.n_layers));
@@ -35,8 +38,10 @@ AttentionImpl::AttentionImpl(const core::ModelConfig& config)
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
   const int64_t batch = x.size(0), seq = x.size(1), d = x.size(2);
   SY_CHECK(seq <= cos_.size(0), "attention: sequence of ", seq, " tokens exceeds model.seq_len ", cos_.size(0));
-  auto qkv_out = qkv->forward(x).view({batch, seq, 3, n_heads_, head_dim_}).permute({2, 0, 3, 1, 4});
-  auto q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];  // [B, H, S, hd]
+  // [B, S, H + 2G, hd] -> q [B, H, S, hd], k and v [B, G, S, hd] (G = H without grouped-query attention).
+  const auto qkv_out = qkv->forward(x).view({batch, seq, n_heads_ + 2 * n_kv_heads_, head_dim_}).transpose(1, 2);
+  auto q = qkv_out.narrow(1, 0, n_heads_);
+  auto k = qkv_out.narrow(1, n_heads_, n_kv_heads_), v = qkv_out.narrow(1, n_heads_ + n_kv_heads_, n_kv_heads_);
   // RoPE, half-split convention: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos).
   const int64_t half = head_dim_ / 2;
   const auto cos = cos_.narrow(0, 0, seq).to(x.scalar_type()), sin = sin_.narrow(0, 0, seq).to(x.scalar_type());
@@ -46,13 +51,24 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
   };
   q = rope(q);
   k = rope(k);
+  const bool grouped = n_kv_heads_ != n_heads_;
+  torch::Tensor attn;
+#if SY_TORCH_AT_LEAST(2, 5)
+  // Grouped-query attention inside SDPA: no repeated copies of k and v.
+  attn = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/grouped);
+#else
+  if (grouped) {  // each group of H / G query heads shares one key/value head
+    k = k.repeat_interleave(n_heads_ / n_kv_heads_, 1);
+    v = v.repeat_interleave(n_heads_ / n_kv_heads_, 1);
+  }
 #if SY_TORCH_AT_LEAST(2, 0)
-  auto attn = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  attn = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
 #else
   auto scores = q.matmul(k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
   const auto mask = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).triu(1);
   scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  auto attn = torch::softmax(losses::at_least_fp32(scores), -1).to(v.scalar_type()).matmul(v);
+  attn = torch::softmax(losses::at_least_fp32(scores), -1).to(v.scalar_type()).matmul(v);
+#endif
 #endif
   return out->forward(attn.transpose(1, 2).reshape({batch, seq, d}));
 }
@@ -86,26 +102,74 @@ TransformerLMImpl::TransformerLMImpl(const core::ModelConfig& model, const core:
   }
 }
 
+void TransformerLMImpl::set_recompute(core::RecomputeKind kind) {
+  recompute_ = kind;
+  for (auto& layer : moe_layers_) {
+    if (layer) layer->set_recompute_experts(kind == core::RecomputeKind::kMoE);
+  }
+}
+
+TransformerLMImpl::BlockOutput TransformerLMImpl::block_forward(size_t l, const torch::Tensor& h_in,
+                                                                const torch::Tensor& tokens,
+                                                                const torch::Tensor& token_counters) {
+  BlockOutput out;
+  auto h = h_in + attentions_[l]->forward(norms1_[l]->forward(h_in));
+  const auto normed = norms2_[l]->forward(h);
+  if (moe_layers_[l]) {
+    auto moe = moe_layers_[l]->forward(normed, {tokens, token_counters});
+    out.h = h + moe.y;
+    out.losses = std::move(moe.losses);
+    out.stats = std::move(moe.stats);
+  } else {
+    out.h = h + dense_ffns_[l]->forward(normed);
+  }
+  return out;
+}
+
 LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& token_counters) {
   SY_CHECK(tokens.dim() == 2, "transformer: expected tokens [B, S], got ", tokens.sizes());
   LMOutput out;
   auto h = embedding->forward(tokens);
   out.aux_loss = torch::zeros({}, h.options().dtype(torch::kFloat32));
   for (size_t l = 0; l < attentions_.size(); ++l) {
-    h = h + attentions_[l]->forward(norms1_[l]->forward(h));
-    const auto normed = norms2_[l]->forward(h);
+    BlockOutput block;
+    if (recompute_ == core::RecomputeKind::kFull) {
+      // The block as a function of its input: h and the MoE losses (by name) out; the loss names and
+      // statistics of the first run kept (the recomputation's are the same).
+      struct FirstRun {
+        bool ran = false;
+        std::vector<std::string> names;
+        std::optional<MoEStats> stats;
+      };
+      auto first = std::make_shared<FirstRun>();
+      const auto outputs = recompute_in_backward(
+          [this, l, tokens, token_counters, first](const torch::Tensor& in) {
+            auto run = block_forward(l, in, tokens, token_counters);
+            torch::autograd::variable_list result = {run.h};
+            for (const auto& [name, value] : run.losses) result.push_back(value);
+            if (!first->ran) {
+              first->ran = true;
+              for (const auto& [name, value] : run.losses) first->names.push_back(name);
+              first->stats = std::move(run.stats);
+            }
+            return result;
+          },
+          h);
+      block.h = outputs[0];
+      block.stats = std::move(first->stats);
+      for (size_t i = 0; i < first->names.size(); ++i) block.losses[first->names[i]] = outputs[i + 1];
+    } else {
+      block = block_forward(l, h, tokens, token_counters);
+    }
+    h = block.h;
     if (moe_layers_[l]) {
-      auto moe = moe_layers_[l]->forward(normed, {tokens, token_counters});
-      h = h + moe.y;
-      for (auto& [name, value] : moe.losses) {
+      for (auto& [name, value] : block.losses) {
         out.aux_loss = out.aux_loss + value;
         auto it = out.losses.find(name);
         out.losses[name] = it == out.losses.end() ? value : it->second + value;
       }
-      out.layer_losses.push_back(moe.losses);
-      out.moe_stats.push_back(std::move(moe.stats));
-    } else {
-      h = h + dense_ffns_[l]->forward(normed);
+      out.layer_losses.push_back(block.losses);
+      out.moe_stats.push_back(std::move(*block.stats));
     }
   }
   h = final_norm->forward(h);
@@ -124,8 +188,10 @@ double model_flops_per_token(const core::ModelConfig& model) {
   const double matrices = moe.expert_kind == core::ExpertKind::kSwiGLU ? 3.0 : 2.0;
   const double per_expert = matrices * d * static_cast<double>(moe.ffn_hidden);
   double params = 0;  // multiply-accumulates per token
+  const double kv_width = d * static_cast<double>(model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads) /
+                          static_cast<double>(model.n_heads);
   for (int64_t l = 0; l < model.n_layers; ++l) {
-    params += 4 * d * d;
+    params += 2 * d * d + 2 * d * kv_width;  // q and out; k and v (narrower with grouped-query attention)
     if (model.moe.every > 0 && (l + 1) % model.moe.every == 0) {
       params += static_cast<double>(moe.top_k) * per_expert + static_cast<double>(moe.shared_experts) * per_expert +
                 d * static_cast<double>(moe.num_experts + moe.null_experts);

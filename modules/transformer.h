@@ -6,6 +6,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,10 +32,10 @@ class AttentionImpl : public torch::nn::Module {
   AttentionImpl(const core::ModelConfig& config);
   /// x [B, S, d] -> [B, S, d], causal.
   torch::Tensor forward(const torch::Tensor& x);
-  torch::nn::Linear qkv{nullptr}, out{nullptr};
+  torch::nn::Linear qkv{nullptr}, out{nullptr};  ///< qkv: d -> (n_heads + 2 n_kv_heads) * head_dim
 
  private:
-  int64_t n_heads_, head_dim_;
+  int64_t n_heads_, n_kv_heads_, head_dim_;
   torch::Tensor cos_, sin_;  ///< [seq_len, head_dim / 2] RoPE tables (buffers)
 };
 TORCH_MODULE(Attention);
@@ -62,7 +63,20 @@ class TransformerLMImpl : public torch::nn::Module {
 
   std::vector<MoELayer> moe_layers() const { return moe_layers_; }
 
+  /// train.recompute: none; moe (each MoE layer's experts' MLP); full (each block: its activations
+  /// are recomputed in the backward from the block's input).
+  void set_recompute(core::RecomputeKind kind);
+
  private:
+  struct BlockOutput {
+    torch::Tensor h;
+    std::map<std::string, torch::Tensor> losses;
+    std::optional<MoEStats> stats;
+  };
+  BlockOutput block_forward(size_t l, const torch::Tensor& h, const torch::Tensor& tokens,
+                            const torch::Tensor& token_counters);
+  core::RecomputeKind recompute_ = core::RecomputeKind::kNone;
+
   core::ModelConfig config_;
   torch::nn::Embedding embedding{nullptr};
   torch::nn::ModuleList blocks;
@@ -77,7 +91,7 @@ TORCH_MODULE(TransformerLM);
 
 /// Model FLOPs of one training token (forward + backward = 3x forward), counting matrix multiplies
 /// only, with the routed experts a token actually uses (top_k; null experts cost nothing):
-/// 6 * (attention 4d^2 + FFN + router d*E) per layer + 6 * d * vocab (head) + attention scores
+/// 6 * (attention 2d^2 + 2 d d_kv + FFN + router d*E) per layer + 6 * d * vocab (head) + attention scores
 /// 12 * n_layers * d * seq_len (PaLM's convention, not halved for the causal mask). For MFU.
 double model_flops_per_token(const core::ModelConfig& model);
 

@@ -10,6 +10,7 @@
 #if SWITCHYARD_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
 #include <chrono>
@@ -79,6 +80,19 @@ double peak_tflops(const core::TrainConfig& train, const torch::Device& device) 
   (void)device;
 #endif
   return 0;
+}
+
+/// Rank 0's peak of allocated CUDA memory since the start, GiB; -1 on the CPU.
+double peak_memory_gib(const torch::Device& device) {
+#if SWITCHYARD_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
+  }
+#else
+  (void)device;
+#endif
+  return -1;
 }
 
 /// One MoE layer's routing over all ranks: each rank's [T, k] expert ids (and gates, if defined; T
@@ -187,6 +201,7 @@ void Trainer::build_model() {
   }
   model_->to(device_);
   if (config_.train.precision == core::Precision::kFp64) model_->to(torch::kFloat64);
+  model_->set_recompute(config_.train.recompute);
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
   optimizer_ = std::make_unique<AdamW>(params, config_.train);
@@ -260,7 +275,8 @@ void Trainer::load_checkpoint(const std::string& dir) {
   generator.set_state(state_.cpu_rng_state);
 #if SWITCHYARD_WITH_CUDA
   if (device_.is_cuda() && state_.cuda_rng_state.defined()) {
-    at::cuda::detail::getDefaultCUDAGenerator(device_.index()).set_state(state_.cuda_rng_state);
+    auto cuda_generator = at::cuda::detail::getDefaultCUDAGenerator(device_.index());
+    cuda_generator.set_state(state_.cuda_rng_state);
   }
 #endif
 }
@@ -632,7 +648,12 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
                             {"skipped_steps", static_cast<double>(state_.skipped_steps)},
                             {"exchange_s", traffic[2].item<double>() / static_cast<double>(world_->size())},
                             {"exchange_share", traffic[2].item<double>() / static_cast<double>(world_->size()) / std::max(secs, 1e-9)}};
+        // Model TFLOP/s per GPU (the convention of modules::model_flops_per_token), always; MFU
+        // where the card's peak is known.
+        line.emplace_back("model_tflops", tok_s * flops_per_token / 1e12 / static_cast<double>(world_->size()));
         if (peak > 0) line.emplace_back("mfu", tok_s * flops_per_token / (peak * 1e12 * static_cast<double>(world_->size())));
+        const double peak_gib = peak_memory_gib(device_);
+        if (peak_gib >= 0) line.emplace_back("peak_mem_gib", peak_gib);
         for (const auto& [name, v] : r.losses) line.emplace_back("loss_" + name, v);
         if (eval) line.emplace_back("val_loss", val);
         if (pending_replan_) {  // the first line after a re-plan: its predicted effect beside the measured bytes

@@ -78,5 +78,32 @@ TEST(TransformerLM, LearnsARepetitiveCorpus) {
   EXPECT_LT(last, 0.3) << "from " << first;
 }
 
+TEST(Attention, GroupedQueryAttentionSharesEachKeyValueHeadWithItsGroup) {
+  // n_kv_heads G < n_heads H: query heads h share key/value head h / (H / G). Equal to full
+  // attention whose key/value weights repeat each group's.
+  core::ModelConfig grouped;
+  grouped.d_model = 16;
+  grouped.n_heads = 4;
+  grouped.n_kv_heads = 2;
+  grouped.seq_len = 6;
+  torch::manual_seed(3);
+  Attention gqa(grouped);
+  auto full_cfg = grouped;
+  full_cfg.n_kv_heads = 0;
+  Attention full(full_cfg);
+  const int64_t hd = 4;
+  {
+    torch::NoGradGuard g;
+    const auto w = gqa->qkv->weight;  // [(4 + 2 + 2) * hd, d]
+    const auto q = w.narrow(0, 0, 4 * hd), k = w.narrow(0, 4 * hd, 2 * hd), v = w.narrow(0, 6 * hd, 2 * hd);
+    const auto repeat = [&](const torch::Tensor& kv) { return kv.view({2, hd, 16}).repeat_interleave(2, 0).reshape({4 * hd, 16}); };
+    full->qkv->weight.copy_(torch::cat({q, repeat(k), repeat(v)}, 0));
+    full->out->weight.copy_(gqa->out->weight);
+  }
+  EXPECT_EQ(gqa->qkv->weight.size(0), 8 * hd);
+  const auto x = torch::randn({2, 6, 16});
+  EXPECT_LT(switchyard::testing::rel_l2(gqa->forward(x), full->forward(x)), 1e-6);
+}
+
 }  // namespace
 }  // namespace switchyard::modules

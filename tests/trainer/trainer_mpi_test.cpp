@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <map>
 
 #include "core/crc32c.h"
 #include "core/error.h"
@@ -150,6 +151,38 @@ TEST(TrainerRuns, TracesCountTheTokensOfDynamicKRouters) {
       EXPECT_EQ(layer.num_tokens(), tokens) << core::enum_name(k.kind) << " k " << k.top_k;
       EXPECT_EQ(layer.top_k, slots);
       EXPECT_EQ(static_cast<int64_t>(layer.experts.size()), tokens * slots);
+    }
+  }
+}
+
+TEST(TrainerRuns, RecomputationGivesTheGradientsOfTheFullGraph) {
+  // train.recompute moe and full keep fewer activations and run parts of the forward again in the
+  // backward (collectives included): losses and every gradient as without (issue 19).
+  auto c = tiny_config();
+  c.model.n_layers = 3;
+  c.model.moe.every = 2;  // a dense block and an MoE block
+  c.model.moe.shared_experts = 1;
+  c.losses.load_balance = 0.1;
+  c.losses.z_loss = 0.01;
+  c.train.global_batch = 2 * world()->size();
+  c.parallel.expert_parallel = world()->size() % 2 == 0 ? 2 : 1;
+  std::map<std::string, torch::Tensor> reference;
+  double reference_loss = 0;
+  for (auto kind : {core::RecomputeKind::kNone, core::RecomputeKind::kMoE, core::RecomputeKind::kFull}) {
+    c.train.recompute = kind;
+    c.train.run_dir = run_dir(std::string("recompute_") + core::enum_name(kind));
+    Trainer t(c, {world(), torch::kCPU});
+    const auto r = t.compute_gradients();
+    std::map<std::string, torch::Tensor> grads;
+    for (const auto& p : t.model().named_parameters()) grads[p.key()] = p.value().grad().clone();
+    if (kind == core::RecomputeKind::kNone) {
+      reference = grads;
+      reference_loss = r.lm_loss + r.aux_loss;
+      continue;
+    }
+    EXPECT_NEAR(r.lm_loss + r.aux_loss, reference_loss, 1e-6 * reference_loss) << core::enum_name(kind);
+    for (const auto& [name, g] : grads) {
+      EXPECT_LT(rel_l2(g, reference.at(name)), 1e-6) << core::enum_name(kind) << " " << name;
     }
   }
 }
