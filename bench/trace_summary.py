@@ -22,7 +22,10 @@ window = end - start
 by_name = collections.Counter()
 for e in events: by_name[e["name"][:90]] += e["dur"]
 top = [{"kernel": k, "ms_per_step": round(v / 1000 / steps, 3)} for k, v in by_name.most_common(12)]
+count = collections.Counter(e["name"][:90] for e in events if e["cat"] == "kernel")
+most = [{"kernel": k, "per_step": round(v / steps)} for k, v in count.most_common(15)]
 print(json.dumps({"steps": steps, "window_ms_per_step": round(window / 1000 / steps, 2),
                   "gpu_busy_ms_per_step": round(busy / 1000 / steps, 2),
                   "idle_share": round(1 - busy / window, 4),
-                  "kernels_per_step": round(sum(e["cat"] == "kernel" for e in events) / steps), "top": top}))
+                  "kernels_per_step": round(sum(e["cat"] == "kernel" for e in events) / steps), "top": top,
+                  "most_launched": most}))

@@ -71,9 +71,10 @@ constexpr int64_t kPerExpertInputGradRows = 2048;
 /// average 2,048 rows or more (measured faster than the grouped kernel there), else a grouped GEMM.
 class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
  public:
+  /// w16: w as bf16 (the experts' cast, shared by the micro-batches of a step).
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
-                               const torch::Tensor& offs, const c10::intrusive_ptr<HostCounts>& counts) {
-    const auto w16 = w.to(torch::kBFloat16);
+                               const torch::Tensor& w16, const torch::Tensor& offs,
+                               const c10::intrusive_ptr<HostCounts>& counts) {
     ctx->save_for_backward({x, w16, offs});
     ctx->saved_data["weight"] = w;
     ctx->saved_data["counts"] = c10::IValue::make_capsule(counts);
@@ -91,7 +92,7 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
       const bool per_expert = x.size(0) >= kPerExpertInputGradRows * w16.size(0);
       dx = per_expert ? kernels::raw::expert_input_grad(dy, w16, counts) : at::_grouped_mm(dy, w16.transpose(-2, -1), offs);
     }
-    if (!ctx->needs_input_grad(1)) return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    if (!ctx->needs_input_grad(1)) return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
     auto w = ctx->saved_data["weight"].toTensor();
     auto& grad = w.mutable_grad();
     const bool usable = grad.defined() && grad.is_contiguous() && grad.sizes() == w.sizes() &&
@@ -104,16 +105,16 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
       if (grad.defined()) grad.add_(fresh);
       else grad = fresh;
     }
-    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 /// The grouped GEMM of an expert projection: GroupedLinearFn when the weight is a parameter being
 /// trained (its gradient is accumulated in place), autograd's own `_grouped_mm` otherwise.
-torch::Tensor grouped_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs,
-                             const c10::intrusive_ptr<HostCounts>& counts) {
-  if (counts) return GroupedLinearFn::apply(x, w, offs, counts);
-  return at::_grouped_mm(x, w.to(torch::kBFloat16), offs);
+torch::Tensor grouped_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& w16,
+                             const torch::Tensor& offs, const c10::intrusive_ptr<HostCounts>& counts) {
+  if (counts) return GroupedLinearFn::apply(x, w, w16, offs, counts);
+  return at::_grouped_mm(x, w.to(torch::kBFloat16), offs);  // autograd's own, through the cast
 }
 #endif
 
@@ -159,9 +160,11 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
     const auto trained = [&](const torch::Tensor& w) { return torch::GradMode::is_enabled() && w.requires_grad() && w.is_leaf(); };
     const bool train_in = trained(w_in), train_out = trained(w_out);
     const auto host_counts = train_in || train_out ? c10::make_intrusive<HostCounts>(counts) : nullptr;
-    const auto h = grouped_linear(x.to(torch::kBFloat16), w_in, offs, train_in ? host_counts : nullptr);
+    const auto w_in16 = train_in ? bf16_weight(w_in, w_in_bf16_, w_in_bf16_version_) : torch::Tensor();
+    const auto w_out16 = train_out ? bf16_weight(w_out, w_out_bf16_, w_out_bf16_version_) : torch::Tensor();
+    const auto h = grouped_linear(x.to(torch::kBFloat16), w_in, w_in16, offs, train_in ? host_counts : nullptr);
     if (host_counts) host_counts->start();
-    return grouped_linear(activate(h), w_out, offs, train_out ? host_counts : nullptr);
+    return grouped_linear(activate(h), w_out, w_out16, offs, train_out ? host_counts : nullptr);
   }
 #endif
   const auto counts = tokens_per_expert.to(torch::kCPU, torch::kInt64);
@@ -179,6 +182,22 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   SY_ASSERT(offset == x.size(0), "token counts sum to ", offset, " but x has ", x.size(0), " rows");
   if (outputs.empty()) return x.new_zeros({0, x.size(1)}) + 0 * w_out.sum();  // keep the graph connected
   return torch::cat(outputs, 0);
+}
+
+torch::Tensor ExpertsImpl::bf16_weight(const torch::Tensor& w, torch::Tensor& cached, int64_t& cached_version) {
+  if (w.scalar_type() == torch::kBFloat16) return w;
+  const auto version = static_cast<int64_t>(w._version());
+  if (!cached.defined() || cached_version != version || cached.device() != w.device()) {
+    torch::NoGradGuard no_grad;  // a cast of the weight's value: GroupedLinearFn routes its gradient
+    cached = w.to(torch::kBFloat16);
+    cached_version = version;
+  }
+  return cached;
+}
+
+void ExpertsImpl::drop_weight_casts() {
+  w_in_bf16_ = w_out_bf16_ = torch::Tensor();
+  w_in_bf16_version_ = w_out_bf16_version_ = -1;
 }
 
 MlpImpl::MlpImpl(int64_t d_model, int64_t hidden, core::ExpertKind kind, double init_std)

@@ -34,8 +34,19 @@ class ExpertsImpl : public torch::nn::Module {
   const std::vector<int64_t>& expert_ids() const { return expert_ids_; }
   torch::Tensor w_in, w_out;
 
+  /// The bf16 copies of fp32 weights that the grouped GEMMs read are cast once and reused by every
+  /// micro-batch until the weights change (their version counter moves: an optimizer step, a
+  /// checkpoint load). The trainer drops them after each step's last backward, so they take memory
+  /// only while the step runs (where each micro-batch's forward would hold such copies anyway).
+  void drop_weight_casts();
+
  private:
   torch::Tensor activate(const torch::Tensor& h) const;
+  /// `w` as bf16: from the cache while w is unchanged.
+  torch::Tensor bf16_weight(const torch::Tensor& w, torch::Tensor& cached, int64_t& cached_version);
+
+  torch::Tensor w_in_bf16_, w_out_bf16_;
+  int64_t w_in_bf16_version_ = -1, w_out_bf16_version_ = -1;
 
   std::vector<int64_t> expert_ids_;
   int64_t hidden_;

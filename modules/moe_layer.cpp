@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "losses/routing_losses.h"
+#include "modules/autocast.h"
 #include "modules/counter_rng.h"
 #include "modules/recompute.h"
 #include "modules/side_stream.h"
@@ -119,11 +120,15 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& toke
   const int64_t num_experts = config_.num_experts;
   MoEOutput out;
 
+  // Under bf16 autocast on CUDA the layer's input is cast once: the experts compute in bf16 anyway,
+  // so the rows travel, are gathered and their gradients summed at half the bytes; the router keeps
+  // fp32 logits from bf16 activations (router_logits).
+  const auto xb = x.is_cuda() && x.scalar_type() == torch::kFloat32 && cuda_autocast_enabled() ? x.to(torch::kBFloat16) : x;
   // The shared experts first: they need no routing, so the card runs them while the host issues the
   // routing's small kernels (on CUDA the start of the forward is bound by the host).
-  const auto shared_y = shared ? shared->forward(x) : torch::Tensor();
+  const auto shared_y = shared ? shared->forward(xb) : torch::Tensor();
   const auto flat = [](const torch::Tensor& t) { return t.defined() ? t.reshape({-1}) : t; };
-  Routing routing = router->forward(x, {flat(tokens.ids), flat(tokens.counters)});
+  Routing routing = router->forward(xb, {flat(tokens.ids), flat(tokens.counters)});
   if (every_slot_routed(config_)) {  // known on the host: no kernels before the exchange for them
     out.stats.routed_slots = torch::scalar_tensor(num_tokens * routing.expert_idx.size(1), torch::kInt64);
     out.stats.dropped_slots = torch::zeros({}, torch::kInt64);
@@ -151,8 +156,8 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& toke
   const auto routed_idx = config_.null_experts > 0
                               ? routing.expert_idx.masked_fill(routing.expert_idx.ge(num_experts), -1)
                               : routing.expert_idx;
-  auto y = overlap_chunks_ > 1 ? routed_experts_overlapped(x, routed_idx, routing.gates)
-                                : routed_experts(x, routed_idx, routing.gates);
+  auto y = overlap_chunks_ > 1 ? routed_experts_overlapped(xb, routed_idx, routing.gates)
+                                : routed_experts(xb, routed_idx, routing.gates);
 
   // Null experts never leave the rank and cost no expert FLOPs.
   if (config_.null_experts > 0 && config_.null_expert_kind != core::NullExpertKind::kZero) {

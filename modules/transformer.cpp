@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "losses/routing_losses.h"
 #include "modules/recompute.h"
+#include "modules/transformer_kernels.h"
 #include "modules/torch_version.h"
 
 namespace switchyard::modules {
@@ -14,11 +15,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  const auto xf = losses::at_least_fp32(x);
-  const auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps_);
-  return (normed * weight.to(xf.scalar_type())).to(x.scalar_type());
-}
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return kernels::rms_norm(x, weight, eps_); }
 
 AttentionImpl::AttentionImpl(const core::ModelConfig& config)
     : n_heads_(config.n_heads), n_kv_heads_(config.n_kv_heads > 0 ? config.n_kv_heads : config.n_heads),
@@ -43,14 +40,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
   auto q = qkv_out.narrow(1, 0, n_heads_);
   auto k = qkv_out.narrow(1, n_heads_, n_kv_heads_), v = qkv_out.narrow(1, n_heads_ + n_kv_heads_, n_kv_heads_);
   // RoPE, half-split convention: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos).
-  const int64_t half = head_dim_ / 2;
-  const auto cos = cos_.narrow(0, 0, seq).to(x.scalar_type()), sin = sin_.narrow(0, 0, seq).to(x.scalar_type());
-  auto rope = [&](const torch::Tensor& t) {
-    const auto t1 = t.narrow(-1, 0, half), t2 = t.narrow(-1, half, half);
-    return torch::cat({t1 * cos - t2 * sin, t1 * sin + t2 * cos}, -1);
-  };
-  q = rope(q);
-  k = rope(k);
+  q = kernels::rope(q, cos_, sin_);
+  k = kernels::rope(k, cos_, sin_);
   const bool grouped = n_kv_heads_ != n_heads_;
   torch::Tensor attn;
 #if SY_TORCH_AT_LEAST(2, 5)

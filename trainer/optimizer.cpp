@@ -2,6 +2,7 @@
 #include "trainer/optimizer.h"
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "modules/torch_version.h"
@@ -32,20 +33,23 @@ struct FusedGroup {
     exp_avgs.push_back(s.exp_avg);
     exp_avg_sqs.push_back(s.exp_avg_sq);
   }
-  void step(double lr, double b1, double b2, double weight_decay, double eps, int64_t steps) {
+  void step(double lr, double b1, double b2, double weight_decay, double eps, int64_t steps, double grad_multiplier) {
     if (params.empty()) return;
-    // The kernels read the step count (already advanced) from a device tensor per parameter.
+    // The kernels read the step count (already advanced) from a device tensor per parameter, and
+    // divide each gradient by `grad_scale` (AMP's unscaling; here the clipping factor's inverse).
     const auto count = torch::full({}, static_cast<double>(steps), params[0].options());
     const std::vector<torch::Tensor> counts(params.size(), count);
+    std::optional<torch::Tensor> grad_scale;
+    if (grad_multiplier != 1.0) grad_scale = torch::full({}, 1.0 / grad_multiplier, params[0].options());
     at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, counts, lr, b1, b2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
+                      /*amsgrad=*/false, /*maximize=*/false, grad_scale);
   }
 };
 #else
 bool fusable(const torch::Tensor&, const AdamW::State&) { return false; }
 struct FusedGroup {
   void add(torch::Tensor&, AdamW::State&) {}
-  void step(double, double, double, double, double, int64_t) {}
+  void step(double, double, double, double, double, int64_t, double) {}
 };
 #endif
 
@@ -67,7 +71,7 @@ AdamW::State& AdamW::state(const std::string& name) {
   throw std::out_of_range("AdamW: no parameter named " + name);
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, double grad_multiplier) {
   torch::NoGradGuard no_grad;
   ++steps_;
   const double b1 = config_.beta1, b2 = config_.beta2;
@@ -84,7 +88,8 @@ void AdamW::step(double lr) {
       fused[decay].add(p, s);
       continue;
     }
-    const auto g = p.grad().to(s.exp_avg.scalar_type());
+    auto g = p.grad().to(s.exp_avg.scalar_type());
+    if (grad_multiplier != 1.0) g = g * grad_multiplier;
     if (decay) p.mul_(1 - lr * config_.weight_decay);
     s.exp_avg.mul_(b1).add_(g, 1 - b1);
     s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2);
@@ -92,16 +97,12 @@ void AdamW::step(double lr) {
     p.add_((s.exp_avg / denom).to(p.scalar_type()), -lr / bias1);
   }
   for (int decay = 0; decay < 2; ++decay) {
-    fused[decay].step(lr, b1, b2, decay ? config_.weight_decay : 0.0, config_.adam_eps, steps_);
+    fused[decay].step(lr, b1, b2, decay ? config_.weight_decay : 0.0, config_.adam_eps, steps_, grad_multiplier);
   }
 }
 
 void AdamW::zero_grad() {
-  std::vector<torch::Tensor> grads;
-  for (auto& [name, p] : params_) {
-    if (p.grad().defined()) grads.push_back(p.mutable_grad());
-  }
-  if (!grads.empty()) at::_foreach_zero_(grads);  // one multi-tensor kernel on CUDA (LibTorch 1.13 has it too)
+  for (auto& [name, p] : params_) p.mutable_grad() = torch::Tensor();
 }
 
 double learning_rate(const core::TrainConfig& config, int64_t step) {

@@ -24,8 +24,11 @@ class AdamW {
 
   AdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, const core::TrainConfig& config);
 
-  /// One update with learning rate `lr` from the parameters' .grad() (undefined grads are skipped).
-  void step(double lr);
+  /// One update with learning rate `lr` from the parameters' .grad() times `grad_multiplier` (gradient
+  /// clipping without a pass over the gradients); undefined grads are skipped.
+  void step(double lr, double grad_multiplier = 1.0);
+  /// Drops every gradient (set to undefined, as PyTorch's set_to_none): the next backward writes them
+  /// instead of adding to zeros, and no pass zeroes them.
   void zero_grad();
 
   int64_t steps() const { return steps_; }

@@ -327,7 +327,7 @@ void Trainer::for_each_micro_batch(const data::BatchSampler& sampler, int64_t in
   const int64_t micro = config_.train.micro_batch, seq = config_.model.seq_len;
   const auto positions = torch::arange(seq, torch::kInt64).unsqueeze(0);
   for (int64_t first = world_->rank() * per_rank; first < (world_->rank() + 1) * per_rank; first += micro) {
-    const auto batch = sampler.batch(index, first, micro).to(device_);
+    const auto batch = to_device(sampler.batch(index, first, micro));
     MicroBatch mb;
     mb.inputs = batch.index({Slice(), Slice(0, -1)});
     mb.targets = batch.index({Slice(), Slice(1, torch::indexing::None)});
@@ -335,9 +335,16 @@ void Trainer::for_each_micro_batch(const data::BatchSampler& sampler, int64_t in
     const auto sequences = torch::arange(micro, torch::kInt64).unsqueeze(1) + (index * config_.train.global_batch + first);
     auto counters = sequences * seq + positions;
     if (eval) counters = counters.bitwise_or(kEvalCounterBit);
-    mb.counters = counters.to(device_);
+    mb.counters = to_device(counters);
     fn(mb);
   }
+}
+
+torch::Tensor Trainer::to_device(const torch::Tensor& host) const {
+  // From pinned memory without waiting: a copy from pageable memory would wait for the GPU to
+  // finish the work queued before it (the host, which launches the step's kernels, would stall).
+  if (!device_.is_cuda()) return host;
+  return host.pin_memory().to(device_, /*non_blocking=*/true);
 }
 
 void Trainer::count_step_routing(int64_t step) {
@@ -384,14 +391,12 @@ Trainer::StepResult Trainer::compute_gradients() {
     const auto v64 = v.detach().to(torch::kFloat64);
     sum = sum.defined() ? sum + v64 : v64;
   };
+  // One autocast region for the whole step: its cache keeps each weight's bf16 cast for every
+  // micro-batch (the backward runs on autograd's device thread, outside autocast).
+  modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
   for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) {
-    modules::LMOutput out;
-    torch::Tensor lm;
-    {
-      modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
-      out = model_->forward(mb.inputs, mb.counters);
-      lm = modules::TransformerLMImpl::lm_loss(out.logits, mb.targets);
-    }
+    const auto out = model_->forward(mb.inputs, mb.counters);
+    auto lm = modules::TransformerLMImpl::lm_loss(out.logits, mb.targets);
     if (core::fault_at("nan_at_step", step + 1)) lm = lm * std::numeric_limits<double>::quiet_NaN();
     ((lm + out.aux_loss) / static_cast<double>(micro_steps)).backward();
     // Scalars accumulate as tensors: read once per step, not once per micro-batch and loss.
@@ -416,9 +421,10 @@ Trainer::StepResult Trainer::compute_gradients() {
       add(routed_sum, s.routed_slots);
     }
   });
-  if (step_counts) {
-    for (auto& layer : model_->moe_layers())
-      if (!layer.is_empty()) layer->set_step_counts({});
+  for (auto& layer : model_->moe_layers()) {
+    if (layer.is_empty()) continue;
+    if (step_counts) layer->set_step_counts({});
+    layer->experts->drop_weight_casts();
   }
   // One all-reduce for every scalar of the step (loss names are ordered alike on every rank), one
   // for the loads of every layer.
@@ -468,15 +474,9 @@ void Trainer::apply_update(StepResult& r) {
     return;
   }
   consecutive_skips_ = 0;
-  if (config_.train.grad_clip > 0 && r.grad_norm > config_.train.grad_clip) {
-    torch::NoGradGuard g;
-    const double scale = config_.train.grad_clip / (r.grad_norm + 1e-6);
-    std::vector<torch::Tensor> grads;
-    for (auto& p : model_->parameters())
-      if (p.grad().defined()) grads.push_back(p.mutable_grad());
-    at::_foreach_mul_(grads, scale);
-  }
-  optimizer_->step(learning_rate(config_.train, step));
+  // Clipping folds into the update (the fused AdamW scales each gradient as it reads it).
+  const bool clip = config_.train.grad_clip > 0 && r.grad_norm > config_.train.grad_clip;
+  optimizer_->step(learning_rate(config_.train, step), clip ? config_.train.grad_clip / (r.grad_norm + 1e-6) : 1.0);
   // The aux-loss-free bias moves with the global loads (all ranks' tokens).
   if (config_.model.moe.router.kind == core::RouterKind::kSigmoidBias) {
     size_t i = 0;

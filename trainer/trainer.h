@@ -86,6 +86,8 @@ class Trainer {
   /// `eval` numbers the tokens in a counter stream of its own.
   void for_each_micro_batch(const data::BatchSampler& sampler, int64_t index, bool eval,
                             const std::function<void(const MicroBatch&)>& fn) const;
+  /// A host tensor on the run's device, copied without a host wait on CUDA.
+  torch::Tensor to_device(const torch::Tensor& host) const;
   /// losses.load_balance_scope global_batch over several micro-batches: routes the whole step first
   /// (forward only) and hands every MoE layer the step's slot counts over all ranks. Collective.
   void count_step_routing(int64_t step);

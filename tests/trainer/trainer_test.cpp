@@ -80,6 +80,28 @@ TEST(AdamW, CudaStepMatchesTheCpuLoop) {
   EXPECT_FALSE(torch::allclose(w, w0));  // it moved
 }
 
+TEST(AdamW, GradMultiplierEqualsScaledGradients) {
+  // Clipping folds into the update: step(lr, m) on g equals step(lr) on m g (CPU loop, and the fused
+  // kernels' grad_scale on CUDA).
+  std::vector<torch::Device> devices = {torch::kCPU};
+  if (torch::cuda::is_available()) devices.push_back(torch::kCUDA);
+  for (const auto& device : devices) {
+    torch::manual_seed(1);
+    const auto w0 = torch::randn({16, 8}).to(device), g = torch::randn({16, 8}).to(device);
+    auto a = w0.clone().requires_grad_(), b = w0.clone().requires_grad_();
+    AdamW ours_a({{"w", a}}, adamw_config()), ours_b({{"w", b}}, adamw_config());
+    for (int step = 0; step < 3; ++step) {
+      a.mutable_grad() = g.clone();
+      b.mutable_grad() = g * 0.3;
+      ours_a.step(0.01, 0.3);
+      ours_b.step(0.01);
+      EXPECT_TRUE(torch::allclose(a, b, 1e-6, 1e-7)) << device << " step " << step;
+    }
+    ours_a.zero_grad();
+    EXPECT_FALSE(a.grad().defined()) << "zero_grad drops the gradients";
+  }
+}
+
 TEST(Schedule, WarmupThenCosineToMin) {
   core::TrainConfig cfg;
   cfg.lr = 1.0;
