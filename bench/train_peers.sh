@@ -13,7 +13,7 @@
 # + 12 x layers x d_model x seq_len for the attention scores (not halved for the causal mask).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-peer=$1; out=${2:-${OUT:-/tmp}}
+peer=$1; out=${2:-${OUT:-/tmp}}; mkdir -p "$out"
 rounds=${ROUNDS:-2}; steps=${STEPS:-30}; modes=${MODES:-eager,compile}
 [ -x build-gpu/bin/switchyard ] || launch/build_gpu.sh >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1 | tee "$out/card.txt"
