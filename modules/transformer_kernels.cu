@@ -154,9 +154,9 @@ std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& dy_in, con
   return {dx, chunks == 1 ? partial.view({d}) : partial.sum(0)};
 }
 
-at::Tensor rope_rotate(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor& sin_in, float sign) {
-  c10::cuda::CUDAGuard guard(x.device());
-  TORCH_CHECK(x.stride(3) == 1, "rope: the head dimension must be contiguous");
+at::Tensor rope_rotate(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in, float sign) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.stride(3) == 1 ? x_in : x_in.contiguous();  // any strides, the head dimension dense
   const auto cos = cos_in.to(x.device(), at::kFloat).contiguous(), sin = sin_in.to(x.device(), at::kFloat).contiguous();
   const int64_t batch = x.size(0), heads = x.size(1), seq = x.size(2), half = x.size(3) / 2;
   auto out = at::empty({batch, heads, seq, 2 * half}, x.options());
