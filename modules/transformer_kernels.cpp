@@ -4,17 +4,12 @@
 #include "core/build_info.h"
 #include "core/error.h"
 #include "losses/routing_losses.h"
+#if SWITCHYARD_WITH_CUDA
+#include "modules/transformer_kernels_cuda.h"
+#endif
 
 namespace switchyard::modules::kernels {
 
-#if SWITCHYARD_WITH_CUDA
-namespace cuda {
-std::pair<torch::Tensor, torch::Tensor> rms_norm_forward(const torch::Tensor& x, const torch::Tensor& weight, double eps);
-std::pair<torch::Tensor, torch::Tensor> rms_norm_backward(const torch::Tensor& dy, const torch::Tensor& x,
-                                                          const torch::Tensor& weight, const torch::Tensor& rstd);
-torch::Tensor rope_rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, float sign);
-}  // namespace cuda
-#endif
 
 namespace {
 

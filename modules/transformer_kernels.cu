@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <utility>
 
+#include "modules/transformer_kernels_cuda.h"
+
 namespace switchyard::modules::kernels::cuda {
 namespace {
 

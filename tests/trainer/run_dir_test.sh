@@ -11,20 +11,8 @@
 #   5. a diverging run under nan_policy skip stops after train.max_consecutive_skips and publishes
 #      no non-finite checkpoint.
 # Usage: run_dir_test.sh <switchyard> <mpiexec> <mpiexec flags...>
-set -u
-bin=$1; mpiexec=$2; shift 2; flags=("$@")
-work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-failures=0; passed=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-ok() { echo "ok   $*"; passed=$((passed + 1)); }
-
-common=(--set model.d_model=32 --set model.n_layers=2 --set model.n_heads=2 --set model.seq_len=32
-        --set model.dense_ffn_hidden=64 --set model.moe.num_experts=4 --set model.moe.top_k=2
-        --set model.moe.ffn_hidden=32 --set data.synthetic_tokens=65536 --set train.steps=8
-        --set train.global_batch=8 --set train.micro_batch=2 --set train.warmup_steps=2
-        --set train.log_every=1 --set train.eval_every=0 --set train.checkpoint_every=4
-        --set train.keep_checkpoints=3 --set parallel.expert_parallel=2)
-cfg=$work/empty.yaml; : >"$cfg"
+source "$(dirname "$0")/tiny_run.sh"
+common+=(--set parallel.expert_parallel=2)
 train() {  # run_dir, extra args...
   local dir=$1; shift
   timeout 120 "$mpiexec" -n 2 "${flags[@]}" "$bin" train --config "$cfg" "${common[@]}" --run-dir "$dir" "$@" \
