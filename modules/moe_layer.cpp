@@ -213,7 +213,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& toke
   out.stats.tokens_per_expert = counts.detach();
   out.stats.expert_idx = routing.expert_idx.detach();
   out.stats.gates = routing.gates.detach();
-  out.stats.entropy = losses::router_entropy(routing.probs.detach());
+  if (collect_statistics_) out.stats.entropy = losses::router_entropy(routing.probs.detach());
   return out;
 }
 

@@ -35,7 +35,7 @@ struct MoEStats {
   /// 0-dim int64: asked-for slots that reached no expert: capacity drops; for expert_choice, k per
   /// token that no expert took.
   torch::Tensor dropped_slots;
-  torch::Tensor entropy;            ///< 0-dim fp32: mean router entropy
+  torch::Tensor entropy;            ///< 0-dim fp32: mean router entropy (undefined unless collected)
   int64_t capacity = -1;            ///< per-expert capacity used (-1: dropless)
   double capacity_min = 0.0;        ///< LocMoE lower bound ec_min (grap), else 0
   torch::Tensor expert_idx;         ///< [T, k] int64 routed expert per slot after drops (-1: none; null experts >= E)
@@ -74,6 +74,9 @@ class MoELayerImpl : public torch::nn::Module {
   void set_overlap_chunks(int64_t chunks) { overlap_chunks_ = std::max<int64_t>(1, chunks); }
   /// Recompute the experts' MLP in the backward instead of keeping its activations (train.recompute moe).
   void set_recompute_experts(bool on) { recompute_experts_ = on; }
+  /// Whether the forward computes statistics nothing in the step needs (the router entropy; on by
+  /// default): a training step turns them off, each costs launches on a host-bound GPU step.
+  void set_collect_statistics(bool on) { collect_statistics_ = on; }
 
   Router router{nullptr};
   Experts experts{nullptr};
@@ -90,6 +93,7 @@ class MoELayerImpl : public torch::nn::Module {
   torch::Tensor local_mask_;
   int64_t overlap_chunks_ = 1;
   bool recompute_experts_ = false;
+  bool collect_statistics_ = true;
 
   /// experts->forward, recomputed in the backward when set_recompute_experts(true).
   torch::Tensor run_experts(const Dispatched& dispatched);

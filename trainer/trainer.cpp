@@ -202,6 +202,9 @@ void Trainer::build_model() {
   model_->to(device_);
   if (config_.train.precision == core::Precision::kFp64) model_->to(torch::kFloat64);
   model_->set_recompute(config_.train.recompute);
+  for (auto& layer : model_->moe_layers()) {
+    if (!layer.is_empty()) layer->set_collect_statistics(false);  // the step reads none of them yet
+  }
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
   optimizer_ = std::make_unique<AdamW>(params, config_.train);
