@@ -70,7 +70,8 @@ std::string Case::describe() const {
   std::ostringstream o;
   o << "seed " << seed << " case " << index << ": ranks " << world << " --set model.d_model=" << m.d_model
     << " --set model.n_layers=" << m.n_layers << " --set model.n_heads=" << m.n_heads << " --set model.seq_len=" << m.seq_len
-    << " --set model.vocab_size=" << m.vocab_size << " --set model.moe.every=" << moe.every
+    << " --set model.vocab_size=" << m.vocab_size << " --set model.n_kv_heads=" << m.n_kv_heads
+    << " --set model.moe.every=" << moe.every
     << " --set model.moe.num_experts=" << moe.num_experts << " --set model.moe.top_k=" << moe.top_k
     << " --set model.moe.ffn_hidden=" << moe.ffn_hidden << " --set model.moe.expert_kind=" << core::enum_name(moe.expert_kind)
     << " --set model.moe.shared_experts=" << moe.shared_experts << " --set model.moe.null_experts=" << moe.null_experts
@@ -90,7 +91,8 @@ std::string Case::describe() const {
     << " --set parallel.ranks_per_node=" << c.parallel.ranks_per_node
     << " --set parallel.overlap_chunks=" << c.parallel.overlap_chunks
     << " --set train.global_batch=" << c.train.global_batch << " --set train.micro_batch=" << c.train.micro_batch
-    << " --set train.seed=" << c.train.seed << (plan.empty() ? "" : " (random placement plan)")
+    << " --set train.seed=" << c.train.seed << " --set train.recompute=" << core::enum_name(c.train.recompute)
+    << (plan.empty() ? "" : " (random placement plan)")
     << "; layer tokens per rank";
   for (auto t : layer_tokens) o << " " << t;
   o << "; reference micro_batch " << reference_micro_batch;
@@ -173,6 +175,7 @@ Case draw_case(uint64_t seed, int64_t index, int max_world) {
   for (int64_t h : divisors(model.d_model))
     if ((model.d_model / h) % 2 == 0) heads.push_back(h);
   model.n_heads = draw.pick(heads);
+  model.n_kv_heads = draw.chance(0.7) ? 0 : draw.pick(divisors(model.n_heads));
   model.seq_len = draw.between(3, 10);
   model.vocab_size = 256;  // the synthetic corpus is bytes
   model.dense_ffn_hidden = 16;
@@ -201,6 +204,9 @@ Case draw_case(uint64_t seed, int64_t index, int max_world) {
   train.adam_eps = 1e-4;
   train.warmup_steps = 0;
   train.grad_clip = draw.chance(0.5) ? 1.0 : 0.0;
+  // The distributed run recomputes activations in the backward (the reference never does).
+  train.recompute = draw.pick(std::vector<core::RecomputeKind>{core::RecomputeKind::kNone, core::RecomputeKind::kNone,
+                                                                core::RecomputeKind::kMoE, core::RecomputeKind::kFull});
   train.log_every = 0;
   train.eval_every = 0;
   train.checkpoint_every = 0;

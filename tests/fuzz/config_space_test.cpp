@@ -3,7 +3,8 @@
 //
 //   mpirun -np 4 config_space_test [--seed S] [--cases N] [--first I] [--verbose]
 //
-// Per case, on the case's first `world` ranks:
+// Per case, on the case's first `world` ranks (the distributed run may recompute activations in the
+// backward, the reference never does):
 //   layer level: one MoE layer with uneven tokens per rank (0 and 1 included) against a single-process
 //     layer on each rank's own tokens (outputs, input and parameter gradients, every loss, routing
 //     statistics); for per-token routing also against one layer on all ranks' tokens (outputs).
@@ -317,6 +318,7 @@ void train_check(const Case& c, const Comm& world, const Comm& sub, const Comm& 
   ref_cfg.parallel.dispatcher = core::DispatcherKind::kFlat;
   ref_cfg.parallel.overlap_chunks = 1;
   ref_cfg.train.micro_batch = c.reference_micro_batch;
+  ref_cfg.train.recompute = core::RecomputeKind::kNone;
   ref_cfg.train.run_dir = dir + "/ref";
 
   std::unique_ptr<trainer::Trainer> dist, ref;
