@@ -35,6 +35,10 @@ int64_t routing_slots(const core::MoEConfig& moe) {
   }
 }
 
+torch::Tensor MoEStats::routed_experts(int64_t num_experts) const {
+  return expert_idx.masked_fill(expert_idx.ge(num_experts), -1).to(torch::kCPU, torch::kInt32);
+}
+
 double MoEStats::dropped_frac() const {
   const auto routed = routed_slots.item<int64_t>();
   return routed > 0 ? static_cast<double>(dropped_slots.item<int64_t>()) / static_cast<double>(routed) : 0.0;

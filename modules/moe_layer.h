@@ -42,6 +42,9 @@ struct MoEStats {
   torch::Tensor gates;              ///< [T, k] gate weights (detached), for routing traces
   /// Reads the counters (a device synchronization: call at metric points only).
   double dropped_frac() const;
+  /// The routing for traces and re-planning: [T, slots] int32 on the CPU, each slot's routed expert,
+  /// -1 where it reaches none (dropped, unused, or a null expert).
+  torch::Tensor routed_experts(int64_t num_experts) const;
 };
 
 struct MoEOutput {
