@@ -25,14 +25,14 @@ void attach(modules::MoELayerImpl& layer, const ExpertParallelDispatcher& dispat
 
 modules::DispatcherFactory make_dispatcher_factory(std::shared_ptr<ProcessGroups> groups, const core::Config& config,
                                                    std::vector<std::shared_ptr<ExpertParallelDispatcher>>* created,
-                                                   std::vector<ExpertPlacement> placements) {
+                                                   std::vector<placement::ExpertPlacement> placements) {
   SY_CHECK_AS(ConfigError, placements.empty() || static_cast<int64_t>(placements.size()) == config.num_moe_layers(),
               "parallel.placement: the plan has ", placements.size(), " layers, the model ", config.num_moe_layers(),
               " MoE layers");
   return [groups, config, created, placements](int64_t layer_idx) -> std::shared_ptr<modules::TokenDispatcher> {
     const int64_t moe_idx = (layer_idx + 1) / config.model.moe.every - 1;
     auto placement = placements.empty()
-                         ? ExpertPlacement::contiguous(config.model.moe.num_experts, groups->ep_size)
+                         ? placement::ExpertPlacement::contiguous(config.model.moe.num_experts, groups->ep_size)
                          : placements.at(moe_idx);
     auto d = std::make_shared<ExpertParallelDispatcher>(groups, placement, config.parallel.dispatcher, /*dedup=*/true,
                                                         modules::every_slot_routed(config.model.moe));

@@ -26,7 +26,7 @@ void attach(modules::MoELayerImpl& layer, const ExpertParallelDispatcher& dispat
 /// remembered in `created` for byte statistics. For TransformerLM's constructor.
 modules::DispatcherFactory make_dispatcher_factory(std::shared_ptr<ProcessGroups> groups, const core::Config& config,
                                                    std::vector<std::shared_ptr<ExpertParallelDispatcher>>* created,
-                                                   std::vector<ExpertPlacement> placements = {});
+                                                   std::vector<placement::ExpertPlacement> placements = {});
 
 /// Whether a parameter (by its name in the model) is a routed expert's weight.
 bool is_expert_parameter(const std::string& name);

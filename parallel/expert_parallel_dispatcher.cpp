@@ -203,7 +203,7 @@ struct EpState {
 
 }  // namespace
 
-ExpertParallelDispatcher::ExpertParallelDispatcher(std::shared_ptr<ProcessGroups> groups, ExpertPlacement placement,
+ExpertParallelDispatcher::ExpertParallelDispatcher(std::shared_ptr<ProcessGroups> groups, placement::ExpertPlacement placement,
                                                    core::DispatcherKind kind, bool dedup, bool every_slot_routed)
     : groups_(std::move(groups)), placement_(std::move(placement)), kind_(kind), dedup_(dedup),
       stats_(std::make_shared<ExchangeStats>()) {

@@ -19,6 +19,7 @@
 
 #include "core/config.h"
 #include "modules/token_dispatcher.h"
+#include "placement/expert_placement.h"
 #include "parallel/process_groups.h"
 
 namespace switchyard::parallel {
@@ -37,7 +38,7 @@ class ExpertParallelDispatcher : public modules::TokenDispatcher {
   /// `dedup` false sends one row per slot (for comparison; results equal, more bytes).
   /// `every_slot_routed`: every slot always names an expert (modules::every_slot_routed); with one
   /// EP rank, where nothing is exchanged, the single-process dispatcher then runs without a host sync.
-  ExpertParallelDispatcher(std::shared_ptr<ProcessGroups> groups, ExpertPlacement placement,
+  ExpertParallelDispatcher(std::shared_ptr<ProcessGroups> groups, placement::ExpertPlacement placement,
                            core::DispatcherKind kind, bool dedup = true, bool every_slot_routed = false);
 
   /// Collective over the EP group (and its node groups for hierarchical).
@@ -53,11 +54,11 @@ class ExpertParallelDispatcher : public modules::TokenDispatcher {
   torch::Tensor node_local_expert_mask() const;
   const ExchangeStats& stats() const { return *stats_; }
   void reset_stats() { *stats_ = {}; }
-  const ExpertPlacement& placement() const { return placement_; }
+  const placement::ExpertPlacement& placement() const { return placement_; }
 
  private:
   std::shared_ptr<ProcessGroups> groups_;
-  ExpertPlacement placement_;
+  placement::ExpertPlacement placement_;
   core::DispatcherKind kind_;
   bool dedup_;
   std::shared_ptr<ExchangeStats> stats_;

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,9 +20,9 @@
 #include "parallel/communicator.h"
 #include "parallel/fatal.h"
 #include "parallel/mpi_runtime.h"
-#include "parallel/placement_plan.h"
-#include "parallel/placement_planner.h"
-#include "trainer/routing_trace.h"
+#include "placement/plan_file.h"
+#include "placement/planner.h"
+#include "placement/routing_trace.h"
 #include "trainer/checkpoint.h"
 #include "trainer/trainer.h"
 
@@ -112,7 +113,7 @@ int run(int argc, char** argv, std::unique_ptr<parallel::MpiRuntime>& mpi_runtim
   trace_cmd->add_option("--out", trace_out, "trace file to write (Protobuf)")->required();
 
   std::string plan_trace, plan_out;
-  parallel::PlannerOptions plan_opts;
+  placement::PlannerOptions plan_opts;
   bool plan_exhaustive = false;
   CLI::App* plan_cmd = app.add_subcommand("plan", "expert placement plan from a routing trace (one JSON report line)");
   plan_cmd->add_option("--trace", plan_trace, "routing trace from `switchyard trace`")->required();
@@ -122,9 +123,12 @@ int run(int argc, char** argv, std::unique_ptr<parallel::MpiRuntime>& mpi_runtim
       ->check(CLI::PositiveNumber);
   plan_cmd->add_option("--objective", plan_opts.objective,
                        "coactivation (co-chosen experts together; training) or inter_layer (ExFlow: consecutive layers)")
-      ->check(CLI::IsMember({"coactivation", "inter_layer"}));
+      ->transform(CLI::CheckedTransformer(std::map<std::string, placement::PlanObjective>{
+          {"coactivation", placement::PlanObjective::kCoactivation},
+          {"inter_layer", placement::PlanObjective::kInterLayer}}));
   plan_cmd->add_option("--solver", plan_opts.solver, "ilp (COIN-OR CBC, started from greedy) or greedy")
-      ->check(CLI::IsMember({"ilp", "greedy"}));
+      ->transform(CLI::CheckedTransformer(std::map<std::string, placement::PlanSolver>{
+          {"ilp", placement::PlanSolver::kIlp}, {"greedy", placement::PlanSolver::kGreedy}}));
   plan_cmd->add_option("--time-limit", plan_opts.time_limit_s, "ILP seconds over all layers")->check(CLI::PositiveNumber);
   plan_cmd->add_option("--gap", plan_opts.relative_gap, "ILP relative gap to stop at")->check(CLI::Range(0.0, 1.0));
   plan_cmd->add_option("--load-slack", plan_opts.load_slack, "per-rank load <= (1 + slack) * mean")
@@ -219,37 +223,29 @@ int run(int argc, char** argv, std::unique_ptr<parallel::MpiRuntime>& mpi_runtim
     return 0;
   }
   if (plan_cmd->parsed()) {
-    trainer::TraceInfo info;
-    const auto trace = trainer::read_routing_trace(plan_trace, &info);
-    const auto report = parallel::plan_placement(trace, plan_opts);
-    std::vector<parallel::ExpertPlacement> placements;
+    placement::TraceInfo info;
+    const auto trace = placement::read_routing_trace(plan_trace, &info);
+    const auto report = placement::plan_placement(trace, plan_opts);
+    std::vector<placement::ExpertPlacement> placements;
     for (const auto& layer : report.layers) placements.emplace_back(layer.owner, plan_opts.topology.ranks);
-    parallel::save_placement_plan(plan_out, placements, plan_opts.topology.ranks);
-    const double row_bytes = parallel::bytes_per_row(info.d_model, trace.layers.at(0).top_k, info.activation_bytes);
-    double best_inter = -1;
+    placement::save_placement_plan(plan_out, placements, plan_opts.topology.ranks);
+    placement::PlanReportContext context;
+    context.plan_path = plan_out;
+    context.bytes_per_row = placement::bytes_per_row(info.d_model, trace.layers.at(0).top_k, info.activation_bytes);
+    context.tokens = trace.layers.at(0).num_tokens();
+    context.moe_layers = static_cast<int64_t>(trace.layers.size());
     if (plan_exhaustive) {
-      best_inter = 0;
+      context.best_possible_inter_node_rows = 0;
       for (const auto& layer : trace.layers) {
-        const double b = parallel::best_inter_node_rows_exhaustive(layer, trace.num_experts, plan_opts.topology);
-        if (b < 0) { best_inter = -1; break; }
-        best_inter += b;
+        const double b = placement::best_inter_node_rows_exhaustive(layer, trace.num_experts, plan_opts.topology);
+        if (b < 0) {
+          context.best_possible_inter_node_rows = -1;
+          break;
+        }
+        context.best_possible_inter_node_rows += b;
       }
     }
-    std::printf(
-        "{\"plan\":\"%s\",\"solver\":\"%s\",\"objective_contiguous\":%.6f,\"objective_greedy\":%.6f,"
-        "\"objective_ilp\":%.6f,\"objective_plan\":%.6f,\"bound\":%.6f,\"bound_scope\":\"%s\",\"gap\":%.6f,"
-        "\"stage_gap\":%.6f,\"ilp_optimal\":%s,\"solve_s\":%.3f,"
-        "\"predicted_inter_node_bytes\":%.2f,\"predicted_intra_node_bytes\":%.2f,"
-        "\"predicted_inter_node_bytes_contiguous\":%.2f,\"predicted_intra_node_bytes_contiguous\":%.2f,"
-        "\"best_possible_inter_node_bytes\":%.2f,\"load_max_over_mean\":%.4f,\"load_max_over_mean_contiguous\":%.4f,"
-        "\"bytes_per_row\":%.0f,\"tokens\":%lld,\"moe_layers\":%zu}\n",
-        plan_out.c_str(), report.solver_used.c_str(), report.objective_contiguous, report.objective_greedy,
-        report.objective_ilp, report.objective_plan, report.bound, report.bound_scope.c_str(), report.gap,
-        report.stage_gap, report.ilp_optimal ? "true" : "false", report.solve_s,
-        report.inter_node_rows * row_bytes, report.intra_node_rows * row_bytes,
-        report.inter_node_rows_contiguous * row_bytes, report.intra_node_rows_contiguous * row_bytes,
-        best_inter >= 0 ? best_inter * row_bytes : -1.0, report.load_max_over_mean, report.load_max_over_mean_contiguous,
-        row_bytes, static_cast<long long>(trace.layers.at(0).num_tokens()), trace.layers.size());
+    std::printf("%s\n", placement::report_json(report, context).c_str());
     return 0;
   }
   if (inspect_cmd->parsed()) {

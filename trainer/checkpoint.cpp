@@ -255,7 +255,7 @@ std::vector<std::string> CheckpointManager::checkpoints() const {
 
 void CheckpointManager::save(const TrainingState& state, const std::string& config_yaml,
                              modules::TransformerLMImpl& model, AdamW& optimizer,
-                             const std::vector<parallel::ExpertPlacement>& placements) {
+                             const std::vector<placement::ExpertPlacement>& placements) {
   auto& world = *groups_->world;
   const bool dense_writer = world.rank() == 0;
   const bool expert_writer = groups_->expert_dp->rank() == 0;  // the first expert-parallel group
@@ -372,7 +372,7 @@ void verify_checkpoint(const std::string& dir, const proto::CheckpointManifest& 
 }
 
 TrainingState CheckpointManager::load(const std::string& dir, modules::TransformerLMImpl& model, AdamW& optimizer,
-                                      const std::vector<parallel::ExpertPlacement>& placements) {
+                                      const std::vector<placement::ExpertPlacement>& placements) {
   const auto manifest = read_manifest(dir);
   std::map<std::string, const proto::TensorEntry*> by_name;
   for (const auto& e : manifest.tensors()) by_name[e.name()] = &e;

@@ -12,6 +12,7 @@
 
 #include "modules/transformer.h"
 #include "parallel/process_groups.h"
+#include "placement/expert_placement.h"
 #include "trainer/optimizer.h"
 #include "trainer/proto/checkpoint.pb.h"
 
@@ -44,12 +45,12 @@ class CheckpointManager {
   /// Collective over the world. Rank 0 writes dense tensors and the manifest; the ranks of the first
   /// expert-parallel group write their experts. Keeps the newest `keep` checkpoints.
   void save(const TrainingState& state, const std::string& config_yaml, modules::TransformerLMImpl& model,
-            AdamW& optimizer, const std::vector<parallel::ExpertPlacement>& placements);
+            AdamW& optimizer, const std::vector<placement::ExpertPlacement>& placements);
 
   /// Collective. Loads the checkpoint at `dir` into the model and optimizer for this rank's placement,
   /// verifying the checksum of every tensor read. Throws CheckpointError naming the file at fault.
   TrainingState load(const std::string& dir, modules::TransformerLMImpl& model, AdamW& optimizer,
-                     const std::vector<parallel::ExpertPlacement>& placements);
+                     const std::vector<placement::ExpertPlacement>& placements);
 
   /// What `latest` names. Never throws: an empty, unreadable or looping pointer, a directory in
   /// its place, a name that is not a checkpoint of this directory: each is a `problem`.

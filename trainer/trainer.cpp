@@ -31,8 +31,8 @@
 #include "modules/profiler.h"
 #include "modules/torch_version.h"
 #include "parallel/communicator.h"
-#include "parallel/placement_plan.h"
-#include "trainer/routing_trace.h"
+#include "placement/plan_file.h"
+#include "placement/traffic_model.h"
 #include "trainer/metrics.h"
 
 namespace switchyard::trainer {
@@ -149,10 +149,10 @@ Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
                                                       config_.train.global_batch, seed + 1, config_.model.vocab_size);
   if (config_.parallel.placement.empty()) {
     for (int64_t l = 0; l < config_.num_moe_layers(); ++l) {
-      placements_.push_back(parallel::ExpertPlacement::contiguous(config_.model.moe.num_experts, groups_->ep_size));
+      placements_.push_back(placement::ExpertPlacement::contiguous(config_.model.moe.num_experts, groups_->ep_size));
     }
   } else {
-    placements_ = parallel::load_placement_plan(config_.parallel.placement, config_.num_moe_layers(),
+    placements_ = placement::load_placement_plan(config_.parallel.placement, config_.num_moe_layers(),
                                                 config_.model.moe.num_experts, groups_->ep_size);
     core::log_info("placement: ", config_.parallel.placement, " (", placements_.size(), " MoE layers)");
   }
@@ -569,7 +569,7 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
     if (config_.parallel.replan_every > 0 && state_.step % config_.parallel.replan_every == 0 &&
         state_.step < config_.train.steps) {
       const auto [before, after] = replan();
-      const double row = parallel::bytes_per_row(config_.model.d_model, modules::routing_slots(config_.model.moe),
+      const double row = placement::bytes_per_row(config_.model.d_model, modules::routing_slots(config_.model.moe),
                                                  activation_bytes());
       core::log_info("re-planned expert placement at step ", state_.step, ": predicted inter-node bytes per token ",
                      before * row, " -> ", after * row, " (", (run_dir / "plans").string(), ")");

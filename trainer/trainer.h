@@ -15,8 +15,8 @@
 #include "data/token_source.h"
 #include "modules/transformer.h"
 #include "parallel/expert_parallel.h"
-#include "parallel/placement_planner.h"
 #include "parallel/run_world.h"
+#include "placement/routing_trace.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
 #include "trainer/run_dir.h"
@@ -46,7 +46,7 @@ class Trainer {
   int64_t eval_tokens() const;
   /// Routes at least `tokens` validation tokens (whole global batches, all ranks together) and returns
   /// every MoE layer's routing with each token's source EP rank, on every rank (collective).
-  parallel::RoutingTrace trace(int64_t tokens);
+  placement::RoutingTrace trace(int64_t tokens);
   /// Writes a trace file (rank 0; collective). Returns the token count.
   int64_t write_trace(const std::string& path, int64_t tokens);
 
@@ -108,7 +108,7 @@ class Trainer {
   std::unique_ptr<data::TokenSource> source_;
   data::Split split_;
   std::unique_ptr<data::BatchSampler> train_sampler_, val_sampler_;
-  std::vector<parallel::ExpertPlacement> placements_;
+  std::vector<placement::ExpertPlacement> placements_;
   std::vector<std::shared_ptr<parallel::ExpertParallelDispatcher>> dispatchers_;
   std::vector<std::vector<torch::Tensor>> recent_routing_;   ///< per MoE layer, [T, slots] int32 since the last plan
   std::optional<std::pair<double, double>> pending_replan_;  ///< predicted bytes for the next metrics line

@@ -5,8 +5,9 @@
 
 #include "core/error.h"
 #include "modules/autocast.h"
-#include "parallel/placement_plan.h"
-#include "trainer/routing_trace.h"
+#include "placement/plan_file.h"
+#include "placement/planner.h"
+#include "placement/routing_trace.h"
 #include "trainer/trainer.h"
 
 namespace switchyard::trainer {
@@ -16,10 +17,10 @@ namespace {
 /// One MoE layer's routing over all ranks: each rank's [T, k] expert ids (and gates, if defined; T
 /// equal on every rank), gathered in rank order with each token's source EP rank (EP groups are
 /// blocks of ep_size consecutive ranks, so world rank w is EP rank w % ep_size). Collective.
-parallel::LayerRouting gather_routing(parallel::Communicator& world, int64_t ep_size, const torch::Tensor& idx,
+placement::LayerRouting gather_routing(parallel::Communicator& world, int64_t ep_size, const torch::Tensor& idx,
                                       const torch::Tensor& gates, int64_t k) {
   const auto all = world.all_gather(idx.to(torch::kInt32).contiguous()).to(torch::kCPU);
-  parallel::LayerRouting r;
+  placement::LayerRouting r;
   r.top_k = k;
   r.experts.assign(all.data_ptr<int32_t>(), all.data_ptr<int32_t>() + all.numel());
   if (gates.defined()) {
@@ -39,7 +40,7 @@ parallel::LayerRouting gather_routing(parallel::Communicator& world, int64_t ep_
 std::pair<double, double> Trainer::replan() {
   const int64_t E = config_.model.moe.num_experts, slots = modules::routing_slots(config_.model.moe);
   // The trace: every rank's recorded routing, in rank order.
-  parallel::RoutingTrace trace;
+  placement::RoutingTrace trace;
   trace.num_experts = E;
   trace.ep_size = groups_->ep_size;
   for (auto& layer_routing : recent_routing_) {
@@ -48,7 +49,7 @@ std::pair<double, double> Trainer::replan() {
     trace.layers.push_back(gather_routing(*world_, groups_->ep_size, mine, {}, slots));
     layer_routing.clear();
   }
-  parallel::PlannerOptions o;
+  placement::PlannerOptions o;
   o.topology = {groups_->ep_size, groups_->ep_ranks_per_node};
   o.time_limit_s = config_.parallel.replan_time_limit_s;
   const auto kind = config_.parallel.dispatcher;
@@ -56,17 +57,17 @@ std::pair<double, double> Trainer::replan() {
   auto owners = torch::zeros({static_cast<int64_t>(placements_.size()), E}, torch::kInt64);
   double before = 0, after = 0;
   if (world_->rank() == 0) {
-    const auto report = parallel::plan_placement(trace, o);
+    const auto report = placement::plan_placement(trace, o);
     for (size_t l = 0; l < report.layers.size(); ++l) {
       for (int64_t e = 0; e < E; ++e) owners[l][e] = report.layers[l].owner[e];
-      before += parallel::predict_rows(trace.layers[l], placements_[l].owners(), o.topology, kind).inter_node;
-      after += parallel::predict_rows(trace.layers[l], report.layers[l].owner, o.topology, kind).inter_node;
+      before += placement::predict_rows(trace.layers[l], placements_[l].owners(), o.topology, kind).inter_node;
+      after += placement::predict_rows(trace.layers[l], report.layers[l].owner, o.topology, kind).inter_node;
     }
   }
   world_->broadcast(owners, 0);
   auto predicted = torch::tensor({before, after}, torch::kFloat64);
   world_->broadcast(predicted, 0);
-  std::vector<parallel::ExpertPlacement> next;
+  std::vector<placement::ExpertPlacement> next;
   for (int64_t l = 0; l < owners.size(0); ++l) {
     const auto row = owners[l].contiguous();
     next.emplace_back(std::vector<int64_t>(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + E), groups_->ep_size);
@@ -84,12 +85,12 @@ std::pair<double, double> Trainer::replan() {
     fs::create_directories(plans);
     char name[32];
     std::snprintf(name, sizeof(name), "step_%08lld.yaml", static_cast<long long>(state_.step));
-    parallel::save_placement_plan((plans / name).string(), placements_, groups_->ep_size);
+    placement::save_placement_plan((plans / name).string(), placements_, groups_->ep_size);
   }
   return {predicted[0].item<double>(), predicted[1].item<double>()};
 }
 
-parallel::RoutingTrace Trainer::trace(int64_t tokens) {
+placement::RoutingTrace Trainer::trace(int64_t tokens) {
   torch::NoGradGuard no_grad;
   model_->eval();
   const int64_t batch_tokens = config_.train.global_batch * config_.model.seq_len;
@@ -107,7 +108,7 @@ parallel::RoutingTrace Trainer::trace(int64_t tokens) {
     });
   }
   model_->train();
-  parallel::RoutingTrace trace;
+  placement::RoutingTrace trace;
   trace.num_experts = E;
   trace.ep_size = groups_->ep_size;
   // Every rank routed the same number of tokens: gather in rank order, source = the rank's EP rank.
@@ -120,14 +121,14 @@ parallel::RoutingTrace Trainer::trace(int64_t tokens) {
 int64_t Trainer::write_trace(const std::string& path, int64_t tokens) {
   const auto t = trace(tokens);
   if (world_->rank() == 0) {
-    TraceInfo info;
+    placement::TraceInfo info;
     info.step = state_.step;
     info.world_size = world_->size();
     info.ranks_per_node = groups_->topology.uniform_ranks_per_node();
     info.d_model = config_.model.d_model;
     // Exchanged rows are activations: bf16 under CUDA autocast, fp32 otherwise.
     info.activation_bytes = activation_bytes();
-    write_routing_trace(path, t, info);
+    placement::write_routing_trace(path, t, info);
   }
   world_->barrier();
   return t.layers.empty() ? 0 : t.layers[0].num_tokens();

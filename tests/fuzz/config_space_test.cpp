@@ -33,7 +33,7 @@
 #include "modules/moe_layer.h"
 #include "parallel/communicator.h"
 #include "parallel/expert_parallel.h"
-#include "parallel/placement_plan.h"
+#include "placement/plan_file.h"
 #include "tests/fuzz/config_space_cases.h"
 #include "trainer/trainer.h"
 
@@ -213,8 +213,8 @@ void layer_check(const Case& c, const Comm& comm, Failures& f) {
   const auto& moe = cfg.model.moe;
   const int rank = comm->rank(), world = comm->size();
   auto groups = parallel::ProcessGroups::create(comm, cfg.parallel);
-  const auto placement = c.plan.empty() ? parallel::ExpertPlacement::contiguous(moe.num_experts, groups->ep_size)
-                                        : parallel::ExpertPlacement(c.plan[0], groups->ep_size);
+  const auto placement = c.plan.empty() ? placement::ExpertPlacement::contiguous(moe.num_experts, groups->ep_size)
+                                        : placement::ExpertPlacement(c.plan[0], groups->ep_size);
   auto dispatcher = std::make_shared<parallel::ExpertParallelDispatcher>(groups, placement, cfg.parallel.dispatcher, true,
                                                                          modules::every_slot_routed(moe));
   const uint64_t seed = static_cast<uint64_t>(cfg.train.seed);
@@ -306,9 +306,9 @@ void train_check(const Case& c, const Comm& world, const Comm& sub, const Comm& 
   if (!c.plan.empty()) {
     dist_cfg.parallel.placement = dir + "/plan.yaml";
     if (rank == 0) {
-      std::vector<parallel::ExpertPlacement> placements;
+      std::vector<placement::ExpertPlacement> placements;
       for (const auto& owner : c.plan) placements.emplace_back(owner, c.config.parallel.expert_parallel);
-      parallel::save_placement_plan(dist_cfg.parallel.placement, placements, c.config.parallel.expert_parallel);
+      placement::save_placement_plan(dist_cfg.parallel.placement, placements, c.config.parallel.expert_parallel);
     }
     world->barrier();
   }
@@ -328,7 +328,7 @@ void train_check(const Case& c, const Comm& world, const Comm& sub, const Comm& 
   // Routing traces before any update (the parameters still equal bitwise): token counts, and the
   // routing itself where it is rank-invariant.
   const int64_t trace_tokens = c.config.train.global_batch * c.config.model.seq_len;
-  parallel::RoutingTrace td, tr;
+  placement::RoutingTrace td, tr;
   if (in_case) td = dist->trace(trace_tokens);
   if (rank == 0) tr = ref->trace(trace_tokens);
   Named theirs;

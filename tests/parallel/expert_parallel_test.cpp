@@ -6,11 +6,19 @@
 #include "modules/moe_layer.h"
 #include "parallel/communicator.h"
 #include "parallel/expert_parallel.h"
-#include "parallel/placement_planner.h"
+#include "placement/planner.h"
 #include "tests/test_util.h"
 
 namespace switchyard::parallel {
 namespace {
+using placement::ExpertPlacement;
+using placement::PlannerOptions;
+using placement::PlanTopology;
+using placement::RoutingTrace;
+using placement::LayerRouting;
+using placement::bytes_per_row;
+using placement::plan_placement;
+using placement::predict_rows;
 
 using core::DispatcherKind;
 using switchyard::testing::rel_l2;
@@ -455,7 +463,7 @@ TEST(ExpertParallel, PlannedPlacementSendsThePredictedBytesAndFewerInterNodeByte
   trace.layers = {base.routing};
   PlannerOptions o;
   o.topology = topo;
-  o.solver = "greedy";
+  o.solver = placement::PlanSolver::kGreedy;
   o.load_slack = 1.0;
   const auto plan = plan_placement(trace, o).layers.at(0).owner;
   const auto planned = run_paired(c, plan, x);

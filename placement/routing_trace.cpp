@@ -1,5 +1,5 @@
 // Routing trace files.
-#include "trainer/routing_trace.h"
+#include "placement/routing_trace.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -8,11 +8,11 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
-#include "trainer/proto/routing_trace.pb.h"
+#include "placement/proto/routing_trace.pb.h"
 
-namespace switchyard::trainer {
+namespace switchyard::placement {
 
-void write_routing_trace(const std::string& path, const parallel::RoutingTrace& trace, const TraceInfo& info) {
+void write_routing_trace(const std::string& path, const RoutingTrace& trace, const TraceInfo& info) {
   proto::RoutingTrace m;
   m.set_version(1);
   m.set_step(static_cast<uint64_t>(info.step));
@@ -36,18 +36,18 @@ void write_routing_trace(const std::string& path, const parallel::RoutingTrace& 
   core::write_file_atomically(path, bytes);
 }
 
-parallel::RoutingTrace read_routing_trace(const std::string& path, TraceInfo* info) {
+RoutingTrace read_routing_trace(const std::string& path, TraceInfo* info) {
   std::ifstream f(path, std::ios::binary);
   SY_CHECK_AS(DataError, f.good(), path, ": cannot open the routing trace");
   proto::RoutingTrace m;
   SY_CHECK_AS(DataError, m.ParseFromIstream(&f) && m.version() == 1, path, ": not a routing trace (version 1)");
-  parallel::RoutingTrace trace;
+  RoutingTrace trace;
   trace.num_experts = m.num_experts();
   trace.ep_size = m.ep_size();
   SY_CHECK_AS(DataError, trace.num_experts > 0 && trace.ep_size > 0 && m.layers_size() > 0, path,
               ": routing trace without experts, ranks or layers");
   for (const auto& layer : m.layers()) {
-    parallel::LayerRouting r;
+    LayerRouting r;
     r.top_k = layer.top_k();
     r.experts.assign(layer.experts().begin(), layer.experts().end());
     r.gates.assign(layer.gates().begin(), layer.gates().end());
@@ -72,4 +72,4 @@ parallel::RoutingTrace read_routing_trace(const std::string& path, TraceInfo* in
   return trace;
 }
 
-}  // namespace switchyard::trainer
+}  // namespace switchyard::placement

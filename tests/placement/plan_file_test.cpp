@@ -1,5 +1,5 @@
 // Placement plan files: round trip, and every invalid plan refused with the file and layer named.
-#include "parallel/placement_plan.h"
+#include "placement/plan_file.h"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 
 #include "core/error.h"
 
-namespace switchyard::parallel {
+namespace switchyard::placement {
 namespace {
 namespace fs = std::filesystem;
 
@@ -63,4 +63,4 @@ TEST(PlacementPlan, InvalidPlansAreRefused) {
 }
 
 }  // namespace
-}  // namespace switchyard::parallel
+}  // namespace switchyard::placement

@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "parallel/process_groups.h"
+#include "placement/expert_placement.h"
 
-namespace switchyard::parallel {
+namespace switchyard::placement {
 
 /// Reads and validates a plan against the model (MoE layers, experts) and the run (EP size).
 /// Throws ConfigError naming the file, the layer and the expert or rank at fault.
@@ -21,4 +21,4 @@ std::vector<ExpertPlacement> load_placement_plan(const std::string& path, int64_
 /// Writes a plan that load_placement_plan reads back to the same placements.
 void save_placement_plan(const std::string& path, const std::vector<ExpertPlacement>& placements, int64_t ep_size);
 
-}  // namespace switchyard::parallel
+}  // namespace switchyard::placement

@@ -16,29 +16,14 @@
 
 #include "core/build_info.h"
 #include "core/error.h"
-#include "parallel/placement_planner.h"
+#include "placement/partition.h"
 
 #if SWITCHYARD_HAS_CBC
 #include <coin/Cbc_C_Interface.h>
 #include <coin/Clp_C_Interface.h>
 #endif
 
-namespace switchyard::parallel {
-
-double PartitionProblem::bin_cost(int32_t bin, const std::vector<int32_t>& set) const {
-  std::vector<char> in(items, 0);
-  for (int32_t i : set) in[i] = 1;
-  double c = 0;
-  for (const auto& p : patterns) {
-    if (p.home == bin) continue;
-    for (int32_t i : p.items)
-      if (in[i]) {
-        c += p.weight;
-        break;
-      }
-  }
-  return c;
-}
+namespace switchyard::placement {
 
 namespace {
 
@@ -414,4 +399,4 @@ PartitionResult solve_set_partition(const PartitionProblem&, const PartitionResu
 
 #endif
 
-}  // namespace switchyard::parallel
+}  // namespace switchyard::placement

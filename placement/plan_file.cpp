@@ -1,5 +1,5 @@
 // Placement plan files (YAML).
-#include "parallel/placement_plan.h"
+#include "placement/plan_file.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -8,7 +8,7 @@
 #include "core/error.h"
 #include "core/file_io.h"
 
-namespace switchyard::parallel {
+namespace switchyard::placement {
 
 std::vector<ExpertPlacement> load_placement_plan(const std::string& path, int64_t num_moe_layers,
                                                  int64_t num_experts, int64_t ep_size) {
@@ -64,4 +64,4 @@ void save_placement_plan(const std::string& path, const std::vector<ExpertPlacem
   core::write_file_atomically(path, std::string(out.c_str()) + "\n");
 }
 
-}  // namespace switchyard::parallel
+}  // namespace switchyard::placement
