@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -93,9 +94,7 @@ class TensorFileWriter {
   std::vector<proto::TensorEntry> entries_;
 };
 
-std::string expert_name(const std::string& param, int64_t global_id) {
-  return param + "/expert_" + std::to_string(global_id);
-}
+constexpr const char* kExpertFragment = "/expert_";
 
 /// Which MoE layer (0-based among MoE layers) a parameter or buffer name belongs to.
 int64_t moe_layer_of(const std::string& name, const std::vector<std::string>& moe_prefixes) {
@@ -188,7 +187,41 @@ void check_manifest_fields(const proto::CheckpointManifest& m, const std::string
   }
 }
 
+/// The one naming of checkpoint tensors, for save and load: visits every tensor this rank holds as
+/// (checkpoint name, live tensor, whether it is one expert's slice): parameters, their AdamW moments
+/// ("optim.exp_avg/<name>", "optim.exp_avg_sq/<name>"), buffers ("buffer/<name>"); an expert
+/// parameter once per local expert, named by its global id (expert_tensor_name).
+void for_each_checkpoint_tensor(modules::TransformerLMImpl& model, AdamW& optimizer,
+                                const std::vector<placement::ExpertPlacement>& placements, int64_t ep_rank,
+                                const std::function<void(const std::string&, torch::Tensor, bool)>& fn) {
+  const auto prefixes = moe_prefixes(model);
+  for (const auto& item : model.named_parameters()) {
+    const auto& name = item.key();
+    const auto& p = item.value();
+    auto& s = optimizer.state(name);
+    if (!parallel::is_expert_parameter(name)) {
+      fn(name, p, false);
+      fn("optim.exp_avg/" + name, s.exp_avg, false);
+      fn("optim.exp_avg_sq/" + name, s.exp_avg_sq, false);
+      continue;
+    }
+    const auto ids = placements.at(moe_layer_of(name, prefixes)).experts_of(ep_rank);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      fn(expert_tensor_name(name, ids[i]), p[i], true);
+      fn(expert_tensor_name("optim.exp_avg/" + name, ids[i]), s.exp_avg[i], true);
+      fn(expert_tensor_name("optim.exp_avg_sq/" + name, ids[i]), s.exp_avg_sq[i], true);
+    }
+  }
+  for (const auto& item : model.named_buffers()) fn("buffer/" + item.key(), item.value(), false);
+}
+
 }  // namespace
+
+std::string expert_tensor_name(const std::string& param, int64_t global_id) {
+  return param + kExpertFragment + std::to_string(global_id);
+}
+
+bool is_expert_tensor(const std::string& name) { return name.find(kExpertFragment) != std::string::npos; }
 
 bool is_checkpoint_name(const std::string& name) {
   if (name.size() != 13 || name.rfind("step_", 0) != 0) return false;
@@ -268,30 +301,11 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
   }
   world.barrier();
 
-  const auto prefixes = moe_prefixes(model);
   TensorFileWriter writer("rank_" + std::to_string(world.rank()) + ".bin");
-  for (const auto& item : model.named_parameters()) {
-    const auto& name = item.key();
-    const auto& p = item.value();
-    auto& s = optimizer.state(name);
-    if (parallel::is_expert_parameter(name)) {
-      if (!expert_writer) continue;
-      const int64_t layer = moe_layer_of(name, prefixes);
-      const auto ids = placements.at(layer).experts_of(groups_->ep_rank);
-      for (size_t i = 0; i < ids.size(); ++i) {
-        writer.add(expert_name(name, ids[i]), p[i]);
-        writer.add(expert_name("optim.exp_avg/" + name, ids[i]), s.exp_avg[i]);
-        writer.add(expert_name("optim.exp_avg_sq/" + name, ids[i]), s.exp_avg_sq[i]);
-      }
-    } else if (dense_writer) {
-      writer.add(name, p);
-      writer.add("optim.exp_avg/" + name, s.exp_avg);
-      writer.add("optim.exp_avg_sq/" + name, s.exp_avg_sq);
-    }
-  }
-  if (dense_writer) {
-    for (const auto& item : model.named_buffers()) writer.add("buffer/" + item.key(), item.value());
-  }
+  for_each_checkpoint_tensor(model, optimizer, placements, groups_->ep_rank,
+                             [&](const std::string& name, const torch::Tensor& t, bool expert) {
+                               if (expert ? expert_writer : dense_writer) writer.add(name, t);
+                             });
   if (!writer.empty()) {
     core::write_file_atomically((fs::path(tmp_dir) / ("rank_" + std::to_string(world.rank()) + ".bin")).string(),
                                 writer.bytes());
@@ -386,25 +400,8 @@ TrainingState CheckpointManager::load(const std::string& dir, modules::Transform
     return t;
   };
   torch::NoGradGuard no_grad;
-  const auto prefixes = moe_prefixes(model);
-  for (const auto& item : model.named_parameters()) {
-    const auto& name = item.key();
-    auto p = item.value();
-    auto& s = optimizer.state(name);
-    if (parallel::is_expert_parameter(name)) {
-      const auto ids = placements.at(moe_layer_of(name, prefixes)).experts_of(groups_->ep_rank);
-      for (size_t i = 0; i < ids.size(); ++i) {
-        p[i].copy_(fetch(expert_name(name, ids[i]), p[i]));
-        s.exp_avg[i].copy_(fetch(expert_name("optim.exp_avg/" + name, ids[i]), s.exp_avg[i]));
-        s.exp_avg_sq[i].copy_(fetch(expert_name("optim.exp_avg_sq/" + name, ids[i]), s.exp_avg_sq[i]));
-      }
-    } else {
-      p.copy_(fetch(name, p));
-      s.exp_avg.copy_(fetch("optim.exp_avg/" + name, s.exp_avg));
-      s.exp_avg_sq.copy_(fetch("optim.exp_avg_sq/" + name, s.exp_avg_sq));
-    }
-  }
-  for (auto item : model.named_buffers()) item.value().copy_(fetch("buffer/" + item.key(), item.value()));
+  for_each_checkpoint_tensor(model, optimizer, placements, groups_->ep_rank,
+                             [&](const std::string& name, torch::Tensor t, bool) { t.copy_(fetch(name, t)); });
   optimizer.set_steps(manifest.step());
 
   TrainingState state;

@@ -71,6 +71,11 @@ class CheckpointManager {
 proto::CheckpointManifest read_manifest(const std::string& dir);
 /// Verifies every tensor's size and checksum. Throws CheckpointError naming the file and tensor.
 void verify_checkpoint(const std::string& dir, const proto::CheckpointManifest& manifest);
+/// The checkpoint name of expert `global_id`'s slice of parameter (or optimizer moment) `param`:
+/// "<param>/expert_<id>", so a checkpoint loads at any expert-parallel size.
+std::string expert_tensor_name(const std::string& param, int64_t global_id);
+/// Whether a checkpoint tensor is one expert's slice (expert_tensor_name).
+bool is_expert_tensor(const std::string& name);
 /// The name of checkpoint step s: step_<8 digits>.
 std::string checkpoint_dir_name(int64_t step);
 /// Whether `name` has that form.

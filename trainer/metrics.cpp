@@ -13,22 +13,65 @@
 #include "core/crc32c.h"
 #include "core/error.h"
 #include "core/file_io.h"
+#include "core/json_line.h"
 #include "trainer/proto/tensorboard.pb.h"
 
 namespace switchyard::trainer {
 namespace fs = std::filesystem;
 
 std::string to_json(int64_t step, const MetricsLine& line) {
-  std::ostringstream out;
-  out << "{\"step\":" << step;
-  char buf[64];
-  for (const auto& [key, value] : line) {
-    if (std::isfinite(value)) std::snprintf(buf, sizeof(buf), "%.9g", value);
-    else std::snprintf(buf, sizeof(buf), "null");
-    out << ",\"" << key << "\":" << buf;
+  core::JsonLine json;
+  json.add("step", step);
+  for (const auto& [key, value] : line) json.add(key, value);
+  return json.str();
+}
+
+MetricsLine metrics_line(const StepFigures& f) {
+  MetricsLine line = {{"loss", f.lm_loss + f.aux_loss},
+                      {"lm_loss", f.lm_loss},
+                      {"aux_loss", f.aux_loss},
+                      {"lr", f.lr},
+                      {"grad_norm", f.grad_norm},
+                      {"tokens_per_s", f.tokens_per_s},
+                      {"tokens_seen", f.tokens_seen},
+                      {"dropped_frac", f.dropped_frac},
+                      {"expert_load_max_over_mean", f.load_max_over_mean},
+                      {"a2a_bytes_intra_node", f.a2a_bytes_intra_node},
+                      {"a2a_bytes_inter_node", f.a2a_bytes_inter_node},
+                      {"skipped_steps", f.skipped_steps},
+                      {"exchange_s", f.exchange_s},
+                      {"exchange_share", f.exchange_share},
+                      {"model_tflops", f.model_tflops}};
+  if (f.mfu) line.emplace_back("mfu", *f.mfu);
+  if (f.peak_mem_gib) line.emplace_back("peak_mem_gib", *f.peak_mem_gib);
+  for (const auto& [name, v] : f.losses) line.emplace_back("loss_" + name, v);
+  if (f.val_loss) line.emplace_back("val_loss", *f.val_loss);
+  if (f.replan) {  // the first line after a re-plan: its predicted effect beside the measured bytes
+    line.emplace_back("replan_predicted_inter_node_bytes_before", f.replan->first);
+    line.emplace_back("replan_predicted_inter_node_bytes_after", f.replan->second);
   }
-  out << "}";
-  return out.str();
+  return line;
+}
+
+namespace {
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof(buf), "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
+  else std::snprintf(buf, sizeof(buf), "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+std::string progress_line(const StepFigures& f) {
+  char text[320];
+  std::snprintf(text, sizeof(text), "step %lld/%lld  loss %.4f  lr %.2e  tok/s %.0f  load max/mean %.2f%s  ETA %s",
+                (long long)f.step, (long long)f.total_steps, f.lm_loss + f.aux_loss, f.lr, f.tokens_per_s,
+                f.load_max_over_mean, f.val_loss ? ("  val " + std::to_string(*f.val_loss)).c_str() : "",
+                format_duration(f.eta_s).c_str());
+  return text;
 }
 
 namespace {

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +28,26 @@ class MetricsWriter {
   std::ofstream events_;
   void write_event(const std::string& serialized);
 };
+
+/// What a logged step measured (rank 0; every figure already reduced over the ranks), the source
+/// of its metrics.jsonl line and its console line.
+struct StepFigures {
+  int64_t step = 0, total_steps = 0;
+  double lm_loss = 0, aux_loss = 0, lr = 0, grad_norm = 0;
+  double tokens_per_s = 0, tokens_seen = 0, skipped_steps = 0;
+  double dropped_frac = 0, load_max_over_mean = 0;
+  double a2a_bytes_intra_node = 0, a2a_bytes_inter_node = 0, exchange_s = 0, exchange_share = 0;
+  double model_tflops = 0;                          ///< per GPU (modules::model_flops_per_token)
+  std::optional<double> mfu, peak_mem_gib;          ///< where the card's peak / the allocator is known
+  std::map<std::string, double> losses;             ///< each routing loss (loss_<name>)
+  std::optional<double> val_loss;
+  std::optional<std::pair<double, double>> replan;  ///< predicted inter-node bytes before / after a re-plan
+  double eta_s = 0;
+};
+/// The metrics.jsonl line (keys in a fixed order: docs/training.md, "Metrics").
+MetricsLine metrics_line(const StepFigures& f);
+/// The console line: step, loss, lr, tokens/s, load, validation loss, ETA.
+std::string progress_line(const StepFigures& f);
 
 /// Formats one JSON object: {"step":s,"key":value,...}; non-finite values become null.
 std::string to_json(int64_t step, const MetricsLine& line);

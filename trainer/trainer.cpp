@@ -59,14 +59,6 @@ bool all_finite(const std::vector<torch::Tensor>& tensors) {
   return torch::stack(flags).all().item<bool>();
 }
 
-std::string format_duration(double seconds) {
-  const auto s = static_cast<int64_t>(seconds);
-  char buf[32];
-  if (s >= 3600) std::snprintf(buf, sizeof(buf), "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
-  else std::snprintf(buf, sizeof(buf), "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
-  return buf;
-}
-
 /// Peak dense bf16 TFLOP/s of the device for MFU: train.peak_tflops, else known cards by name, else 0.
 double peak_tflops(const core::TrainConfig& train, const torch::Device& device) {
   if (train.peak_tflops > 0) return train.peak_tflops;
@@ -297,22 +289,73 @@ void Trainer::count_step_routing(int64_t step) {
   }
 }
 
+namespace {
+
+/// A step's sums over this rank's micro-batches (tensors: read once per step, not once per
+/// micro-batch and loss), then reduced over every rank into a StepResult.
+struct StepSums {
+  torch::Tensor lm, aux, dropped, routed;
+  std::map<std::string, torch::Tensor> losses;  ///< ordered alike on every rank
+  std::vector<torch::Tensor> loads;             ///< per MoE layer
+
+  static void add(torch::Tensor& sum, const torch::Tensor& v) {
+    const auto v64 = v.detach().to(torch::kFloat64);
+    sum = sum.defined() ? sum + v64 : v64;
+  }
+  void add(const modules::LMOutput& out, const torch::Tensor& lm_loss) {
+    add(lm, lm_loss);
+    add(aux, out.aux_loss);
+    for (const auto& [name, v] : out.losses) add(losses[name], v);
+    for (size_t l = 0; l < out.layer_losses.size(); ++l) {
+      for (const auto& [name, v] : out.layer_losses[l]) add(losses[name + "_moe" + std::to_string(l)], v);
+    }
+    for (size_t l = 0; l < out.moe_stats.size(); ++l) {
+      const auto& s = out.moe_stats[l];
+      if (loads.size() <= l) loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64));
+      loads[l] += s.tokens_per_expert.to(torch::kFloat64);
+      add(dropped, s.dropped_slots);
+      add(routed, s.routed_slots);
+    }
+  }
+  /// One all-reduce for every scalar, one for the loads of every layer. Collective.
+  void reduce_into(Trainer::StepResult& r, parallel::Communicator& world, double micro_batches) const {
+    const auto zero = torch::zeros({}, torch::kFloat64);
+    std::vector<torch::Tensor> scalars = {lm, aux, dropped.defined() ? dropped : zero, routed.defined() ? routed : zero};
+    for (const auto& [name, v] : losses) scalars.push_back(v);
+    for (auto& v : scalars) v = v.to(torch::kCPU).reshape({1});
+    auto packed = torch::cat(scalars);
+    world.all_reduce(packed, parallel::ReduceOp::kSum);
+    const auto values = std::vector<double>(packed.data_ptr<double>(), packed.data_ptr<double>() + packed.numel());
+    r.lm_loss = values[0] / micro_batches;
+    r.aux_loss = values[1] / micro_batches;
+    r.dropped = values[2];
+    r.routed = values[3];
+    size_t i = 4;
+    for (const auto& [name, v] : losses) r.losses[name] = values[i++] / micro_batches;
+    if (loads.empty()) return;
+    std::vector<int64_t> sizes;
+    std::vector<torch::Tensor> host;
+    for (const auto& l : loads) {
+      host.push_back(l.to(torch::kCPU));
+      sizes.push_back(l.numel());
+    }
+    auto all = torch::cat(host);
+    world.all_reduce(all, parallel::ReduceOp::kSum);
+    r.loads = all.split_with_sizes(sizes);
+  }
+};
+
+}  // namespace
+
 Trainer::StepResult Trainer::compute_gradients() {
   const int64_t step = state_.step;
-  StepResult r;
   const int64_t micro_steps = config_.micro_steps(world_->size());
   optimizer_->zero_grad();
   // Global-batch balance needs the whole step's counts before the first backward.
   const bool step_counts = config_.losses.load_balance > 0 &&
                            config_.losses.load_balance_scope == core::BalanceScope::kGlobalBatch && micro_steps > 1;
   if (step_counts) count_step_routing(step);
-  std::vector<torch::Tensor> loads;
-  torch::Tensor lm_sum, aux_sum, dropped_sum, routed_sum;
-  std::map<std::string, torch::Tensor> loss_sums;
-  const auto add = [](torch::Tensor& sum, const torch::Tensor& v) {
-    const auto v64 = v.detach().to(torch::kFloat64);
-    sum = sum.defined() ? sum + v64 : v64;
-  };
+  StepSums sums;
   // One autocast region for the whole step: its cache keeps each weight's bf16 cast for every
   // micro-batch (the backward runs on autograd's device thread, outside autocast).
   modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
@@ -321,13 +364,7 @@ Trainer::StepResult Trainer::compute_gradients() {
     auto lm = modules::TransformerLMImpl::lm_loss(out.logits, mb.targets);
     if (core::fault_at("nan_at_step", step + 1)) lm = lm * std::numeric_limits<double>::quiet_NaN();
     ((lm + out.aux_loss) / static_cast<double>(micro_steps)).backward();
-    // Scalars accumulate as tensors: read once per step, not once per micro-batch and loss.
-    add(lm_sum, lm);
-    add(aux_sum, out.aux_loss);
-    for (const auto& [name, v] : out.losses) add(loss_sums[name], v);
-    for (size_t l = 0; l < out.layer_losses.size(); ++l) {
-      for (const auto& [name, v] : out.layer_losses[l]) add(loss_sums[name + "_moe" + std::to_string(l)], v);
-    }
+    sums.add(out, lm);
     if (config_.parallel.replan_every > 0) {
       if (recent_routing_.size() < out.moe_stats.size()) recent_routing_.resize(out.moe_stats.size());
       for (size_t l = 0; l < out.moe_stats.size(); ++l) {
@@ -335,45 +372,14 @@ Trainer::StepResult Trainer::compute_gradients() {
         if (recent_routing_[l].size() > 256) recent_routing_[l].erase(recent_routing_[l].begin());  // bounded
       }
     }
-    for (size_t l = 0; l < out.moe_stats.size(); ++l) {
-      const auto& s = out.moe_stats[l];
-      if (loads.size() <= l) loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64));
-      loads[l] += s.tokens_per_expert.to(torch::kFloat64);
-      add(dropped_sum, s.dropped_slots);
-      add(routed_sum, s.routed_slots);
-    }
   });
   for (auto& layer : model_->moe_layers()) {
     if (layer.is_empty()) continue;
     if (step_counts) layer->set_step_counts({});
     layer->experts->drop_weight_casts();
   }
-  // One all-reduce for every scalar of the step (loss names are ordered alike on every rank), one
-  // for the loads of every layer.
-  std::vector<torch::Tensor> scalars = {lm_sum, aux_sum, dropped_sum.defined() ? dropped_sum : torch::zeros({}, torch::kFloat64),
-                                        routed_sum.defined() ? routed_sum : torch::zeros({}, torch::kFloat64)};
-  for (const auto& [name, v] : loss_sums) scalars.push_back(v);
-  for (auto& s : scalars) s = s.to(torch::kCPU).reshape({1});
-  auto packed = torch::cat(scalars);
-  world_->all_reduce(packed, parallel::ReduceOp::kSum);
-  const double micro_batches = static_cast<double>(world_->size() * micro_steps);
-  const auto values = std::vector<double>(packed.data_ptr<double>(), packed.data_ptr<double>() + packed.numel());
-  r.lm_loss = values[0] / micro_batches;
-  r.aux_loss = values[1] / micro_batches;
-  r.dropped = values[2];
-  r.routed = values[3];
-  size_t i = 4;
-  for (const auto& [name, v] : loss_sums) r.losses[name] = values[i++] / micro_batches;
-  if (!loads.empty()) {
-    std::vector<int64_t> sizes;
-    for (auto& l : loads) {
-      l = l.to(torch::kCPU);
-      sizes.push_back(l.numel());
-    }
-    auto all = torch::cat(loads);
-    world_->all_reduce(all, parallel::ReduceOp::kSum);
-    r.loads = all.split_with_sizes(sizes);
-  }
+  StepResult r;
+  sums.reduce_into(r, *world_, static_cast<double>(world_->size() * micro_steps));
   parallel::sync_gradients(*model_, *groups_);
   r.grad_norm = global_grad_norm();
   return r;
@@ -411,51 +417,49 @@ int64_t Trainer::eval_tokens() const {
   return config_.train.eval_batches * config_.train.global_batch * config_.model.seq_len;
 }
 
-double Trainer::evaluate() {
+void Trainer::for_each_validation_forward(int64_t batches,
+                                          const std::function<void(const MicroBatch&, const modules::LMOutput&)>& fn) {
   torch::NoGradGuard no_grad;
   model_->eval();
-  double total = 0;
-  for (int64_t b = 0; b < config_.train.eval_batches; ++b) {
-    for_each_micro_batch(*val_sampler_, b, true, [&](const MicroBatch& mb) {
-      modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
-      const auto out = model_->forward(mb.inputs, mb.counters);
-      total += modules::TransformerLMImpl::lm_loss(out.logits, mb.targets).item<double>();
-    });
+  modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+  for (int64_t b = 0; b < batches; ++b) {
+    for_each_micro_batch(*val_sampler_, b, true, [&](const MicroBatch& mb) { fn(mb, model_->forward(mb.inputs, mb.counters)); });
   }
   model_->train();
+}
+
+double Trainer::evaluate() {
+  double total = 0;
+  for_each_validation_forward(config_.train.eval_batches, [&](const MicroBatch& mb, const modules::LMOutput& out) {
+    total += modules::TransformerLMImpl::lm_loss(out.logits, mb.targets).item<double>();
+  });
   const double count = static_cast<double>(config_.train.eval_batches * config_.micro_steps(world_->size()) * world_->size());
   return all_reduce_sum(*world_, total) / count;
 }
 
-void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
+std::unique_ptr<RunDirLock> Trainer::start_run(const ResumeMode& resume) {
   const bool rank0 = world_->rank() == 0;
-  const bool profiling = rank0 && !profile.path.empty();
-  SY_CHECK_AS(UsageError, profile.steps > 0, "--profile-steps: at least 1, got ", profile.steps);
-  SY_CHECK_AS(UsageError, !profiling || std::ofstream(profile.path).good(), "--profile: cannot write ", profile.path);
-  if (profiling) modules::KinetoTrace(device_).save(profile.path);  // a LibTorch without Kineto fails here, before any step
   const auto run_dir = fs::path(config_.train.run_dir);
   // One job per run directory: rank 0 holds the lock for the whole run (its refusal ends every rank).
   std::unique_ptr<RunDirLock> lock;
   if (rank0) lock = std::make_unique<RunDirLock>(run_dir.string());
   // Rank 0 decides where the run starts (it alone may delete, with --overwrite); every rank follows.
-  std::string start_text;
+  std::string from;
   if (rank0) {
     const auto start = choose_start(run_dir.string(), *checkpoints_, resume);
     for (const auto& note : start.notes) core::log_warn(note);
-    start_text = start.checkpoint.value_or("");
+    from = start.checkpoint.value_or("");
   }
-  start_text = parallel::broadcast_bytes(*world_, start_text, 0);
-  std::optional<std::string> from;
-  if (!start_text.empty()) from = start_text;
+  from = parallel::broadcast_bytes(*world_, from, 0);
   if (auto* synthetic = dynamic_cast<const data::SyntheticCorpus*>(source_.get())) {
     core::log_info("data: ", synthetic->describe());
     core::log_info("unigram entropy of the synthetic corpus: ", synthetic->unigram_entropy(), " nats");
   } else {
     core::log_info("data: ", source_->describe());
   }
-  if (from) {
-    load_checkpoint(*from);
-    core::log_info("resumed from ", *from, " at step ", state_.step, " (", state_.tokens_seen, " tokens seen)");
+  if (!from.empty()) {
+    load_checkpoint(from);
+    core::log_info("resumed from ", from, " at step ", state_.step, " (", state_.tokens_seen, " tokens seen)");
     if (state_.step >= config_.train.steps) {
       core::log_info("already at train.steps = ", config_.train.steps, ": nothing to do (raise train.steps to go on)");
     }
@@ -466,13 +470,82 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   for (const auto& p : model_->parameters()) params += p.numel();
   core::log_info("model: ", params, " parameters on this rank; ", world_->size(), " rank(s), expert_parallel ",
                  groups_->ep_size, ", ", groups_->topology.num_nodes(), " node(s); run dir ", run_dir.string());
+  return lock;
+}
 
-  std::unique_ptr<MetricsWriter> metrics;
-  if (rank0) metrics = std::make_unique<MetricsWriter>(run_dir.string(), state_.step);
-  const bool tty = isatty(fileno(stderr)) != 0;
-  const int64_t tokens_per_step = config_.train.global_batch * config_.model.seq_len;
-  const double flops_per_token = modules::model_flops_per_token(config_.model);
+StepFigures Trainer::measure_window(const StepResult& r, int64_t step, double seconds, int64_t window_steps) {
+  StepFigures f;
+  f.step = state_.step;
+  f.total_steps = config_.train.steps;
+  f.lm_loss = r.lm_loss;
+  f.aux_loss = r.aux_loss;
+  f.lr = learning_rate(config_.train, step);
+  f.grad_norm = r.grad_norm;
+  f.tokens_per_s = static_cast<double>(window_steps * config_.train.global_batch * config_.model.seq_len) /
+                   std::max(seconds, 1e-9);
+  f.tokens_seen = static_cast<double>(state_.tokens_seen);
+  f.skipped_steps = static_cast<double>(state_.skipped_steps);
+  f.dropped_frac = r.routed > 0 ? r.dropped / r.routed : 0.0;
+  for (const auto& l : r.loads) {
+    const double mean = l.mean().item<double>();
+    if (mean > 0) f.load_max_over_mean = std::max(f.load_max_over_mean, l.max().item<double>() / mean);
+  }
+  const auto bytes = parallel::take_exchange_stats(dispatchers_);
+  auto traffic = torch::tensor({static_cast<double>(bytes.intra_node_bytes), static_cast<double>(bytes.inter_node_bytes),
+                                bytes.seconds},
+                               torch::kFloat64);
+  world_->all_reduce(traffic, parallel::ReduceOp::kSum);
+  const double ranks = static_cast<double>(world_->size());
+  f.a2a_bytes_intra_node = traffic[0].item<double>();
+  f.a2a_bytes_inter_node = traffic[1].item<double>();
+  f.exchange_s = traffic[2].item<double>() / ranks;
+  f.exchange_share = f.exchange_s / std::max(seconds, 1e-9);
+  // Model TFLOP/s per GPU (the convention of modules::model_flops_per_token), always; MFU where the
+  // card's peak is known.
+  const double flops = f.tokens_per_s * modules::model_flops_per_token(config_.model);
+  f.model_tflops = flops / 1e12 / ranks;
   const double peak = peak_tflops(config_.train, device_);
+  if (peak > 0) f.mfu = flops / (peak * 1e12 * ranks);
+  const double peak_gib = peak_memory_gib(device_);
+  if (peak_gib >= 0) f.peak_mem_gib = peak_gib;
+  f.losses = r.losses;
+  f.replan = pending_replan_;
+  pending_replan_.reset();
+  return f;
+}
+
+void Trainer::run_schedule() {
+  const auto run_dir = fs::path(config_.train.run_dir);
+  const int64_t step = state_.step;
+  if (config_.train.trace_every > 0 && step % config_.train.trace_every == 0) {
+    // Bounded: one evaluation's worth of validation tokens per trace file.
+    fs::create_directories(run_dir / "traces");
+    char name[32];
+    std::snprintf(name, sizeof(name), "step_%08lld.pb", static_cast<long long>(step));
+    write_trace((run_dir / "traces" / name).string(), eval_tokens());
+  }
+  const bool last = step == config_.train.steps;
+  if (config_.train.checkpoint_every > 0 && (step % config_.train.checkpoint_every == 0 || last)) save_checkpoint();
+  if (config_.parallel.replan_every > 0 && step % config_.parallel.replan_every == 0 && !last) {
+    const auto [before, after] = replan();
+    const double row = placement::bytes_per_row(config_.model.d_model, modules::routing_slots(config_.model.moe),
+                                               activation_bytes());
+    core::log_info("re-planned expert placement at step ", step, ": predicted inter-node bytes per token ",
+                   before * row, " -> ", after * row, " (", (run_dir / "plans").string(), ")");
+    pending_replan_ = {before * row, after * row};
+  }
+}
+
+void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
+  const bool rank0 = world_->rank() == 0;
+  const bool profiling = rank0 && !profile.path.empty();
+  SY_CHECK_AS(UsageError, profile.steps > 0, "--profile-steps: at least 1, got ", profile.steps);
+  SY_CHECK_AS(UsageError, !profiling || std::ofstream(profile.path).good(), "--profile: cannot write ", profile.path);
+  if (profiling) modules::KinetoTrace(device_).save(profile.path);  // a LibTorch without Kineto fails here, before any step
+  const auto lock = start_run(resume);
+  std::unique_ptr<MetricsWriter> metrics;
+  if (rank0) metrics = std::make_unique<MetricsWriter>(config_.train.run_dir, state_.step);
+  const bool tty = isatty(fileno(stderr)) != 0;
   auto window_start = std::chrono::steady_clock::now();
   const auto run_start = window_start;
   int64_t window_steps = 0;
@@ -494,89 +567,30 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
       core::log_info("profile: steps ", profile_from + 1, "-", step + 1, " in ", profile.path);
     }
     ++window_steps;
-    const bool log = config_.train.log_every > 0 && (state_.step % config_.train.log_every == 0 || state_.step == config_.train.steps);
-    const bool eval = config_.train.eval_every > 0 && (state_.step % config_.train.eval_every == 0 || state_.step == config_.train.steps);
+    const bool last = state_.step == config_.train.steps;
+    const bool log = config_.train.log_every > 0 && (state_.step % config_.train.log_every == 0 || last);
+    const bool eval = config_.train.eval_every > 0 && (state_.step % config_.train.eval_every == 0 || last);
     const double val = eval ? evaluate() : NAN;
     if (log || eval) {
       const auto now = std::chrono::steady_clock::now();
-      const double secs = std::chrono::duration<double>(now - window_start).count();
-      const double tok_s = static_cast<double>(window_steps * tokens_per_step) / std::max(secs, 1e-9);
-      double load_ratio = 0;
-      for (const auto& l : r.loads) {
-        const double mean = l.mean().item<double>();
-        if (mean > 0) load_ratio = std::max(load_ratio, l.max().item<double>() / mean);
-      }
-      const auto bytes = parallel::take_exchange_stats(dispatchers_);
-      auto traffic = torch::tensor({static_cast<double>(bytes.intra_node_bytes), static_cast<double>(bytes.inter_node_bytes),
-                                    bytes.seconds},
-                                   torch::kFloat64);
-      world_->all_reduce(traffic, parallel::ReduceOp::kSum);
+      auto f = measure_window(r, step, std::chrono::duration<double>(now - window_start).count(), window_steps);
+      if (eval) f.val_loss = val;
+      f.eta_s = std::chrono::duration<double>(now - run_start).count() / static_cast<double>(state_.step - first_step) *
+                static_cast<double>(config_.train.steps - state_.step);
       if (rank0) {
-        MetricsLine line = {{"loss", r.lm_loss + r.aux_loss},
-                            {"lm_loss", r.lm_loss},
-                            {"aux_loss", r.aux_loss},
-                            {"lr", learning_rate(config_.train, step)},
-                            {"grad_norm", r.grad_norm},
-                            {"tokens_per_s", tok_s},
-                            {"tokens_seen", static_cast<double>(state_.tokens_seen)},
-                            {"dropped_frac", r.routed > 0 ? r.dropped / r.routed : 0.0},
-                            {"expert_load_max_over_mean", load_ratio},
-                            {"a2a_bytes_intra_node", traffic[0].item<double>()},
-                            {"a2a_bytes_inter_node", traffic[1].item<double>()},
-                            {"skipped_steps", static_cast<double>(state_.skipped_steps)},
-                            {"exchange_s", traffic[2].item<double>() / static_cast<double>(world_->size())},
-                            {"exchange_share", traffic[2].item<double>() / static_cast<double>(world_->size()) / std::max(secs, 1e-9)}};
-        // Model TFLOP/s per GPU (the convention of modules::model_flops_per_token), always; MFU
-        // where the card's peak is known.
-        line.emplace_back("model_tflops", tok_s * flops_per_token / 1e12 / static_cast<double>(world_->size()));
-        if (peak > 0) line.emplace_back("mfu", tok_s * flops_per_token / (peak * 1e12 * static_cast<double>(world_->size())));
-        const double peak_gib = peak_memory_gib(device_);
-        if (peak_gib >= 0) line.emplace_back("peak_mem_gib", peak_gib);
-        for (const auto& [name, v] : r.losses) line.emplace_back("loss_" + name, v);
-        if (eval) line.emplace_back("val_loss", val);
-        if (pending_replan_) {  // the first line after a re-plan: its predicted effect beside the measured bytes
-          line.emplace_back("replan_predicted_inter_node_bytes_before", pending_replan_->first);
-          line.emplace_back("replan_predicted_inter_node_bytes_after", pending_replan_->second);
-        }
-        metrics->write(state_.step, line);
-        const double elapsed = std::chrono::duration<double>(now - run_start).count();
-        const double eta = elapsed / static_cast<double>(state_.step - first_step) *
-                           static_cast<double>(config_.train.steps - state_.step);
-        char text[320];
-        std::snprintf(text, sizeof(text),
-                      "step %lld/%lld  loss %.4f  lr %.2e  tok/s %.0f  load max/mean %.2f%s  ETA %s",
-                      (long long)state_.step, (long long)config_.train.steps, r.lm_loss + r.aux_loss,
-                      learning_rate(config_.train, step), tok_s, load_ratio,
-                      eval ? ("  val " + std::to_string(val)).c_str() : "", format_duration(eta).c_str());
-        if (tty && !eval) std::fprintf(stderr, "\r%-110s", text);
-        else std::fprintf(stderr, "%s%s\n", tty ? "\r" : "", text);
+        metrics->write(state_.step, metrics_line(f));
+        const auto text = progress_line(f);
+        if (tty && !eval) std::fprintf(stderr, "\r%-110s", text.c_str());
+        else std::fprintf(stderr, "%s%s\n", tty ? "\r" : "", text.c_str());
         std::fflush(stderr);
       }
       window_start = now;
       window_steps = 0;
-      pending_replan_.reset();
     }
-    if (config_.train.trace_every > 0 && state_.step % config_.train.trace_every == 0) {
-      // Bounded: one evaluation's worth of validation tokens per trace file.
-      fs::create_directories(run_dir / "traces");
-      char name[32];
-      std::snprintf(name, sizeof(name), "step_%08lld.pb", static_cast<long long>(state_.step));
-      write_trace((run_dir / "traces" / name).string(), eval_tokens());
-    }
-    const bool save = config_.train.checkpoint_every > 0 &&
-                      (state_.step % config_.train.checkpoint_every == 0 || state_.step == config_.train.steps);
-    if (save) save_checkpoint();
-    if (config_.parallel.replan_every > 0 && state_.step % config_.parallel.replan_every == 0 &&
-        state_.step < config_.train.steps) {
-      const auto [before, after] = replan();
-      const double row = placement::bytes_per_row(config_.model.d_model, modules::routing_slots(config_.model.moe),
-                                                 activation_bytes());
-      core::log_info("re-planned expert placement at step ", state_.step, ": predicted inter-node bytes per token ",
-                     before * row, " -> ", after * row, " (", (run_dir / "plans").string(), ")");
-      pending_replan_ = {before * row, after * row};
-    }
+    run_schedule();
   }
   if (rank0 && tty) std::fprintf(stderr, "\n");
+  const auto run_dir = fs::path(config_.train.run_dir);
   core::log_info("done: ", state_.step, " steps; metrics in ", (run_dir / "metrics.jsonl").string(),
                  ", checkpoints in ", (run_dir / "checkpoints").string());
 }

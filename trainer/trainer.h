@@ -18,6 +18,7 @@
 #include "parallel/run_world.h"
 #include "placement/routing_trace.h"
 #include "trainer/checkpoint.h"
+#include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 #include "trainer/run_dir.h"
 
@@ -86,6 +87,10 @@ class Trainer {
   /// `eval` numbers the tokens in a counter stream of its own.
   void for_each_micro_batch(const data::BatchSampler& sampler, int64_t index, bool eval,
                             const std::function<void(const MicroBatch&)>& fn) const;
+  /// Forward passes without gradients (eval mode, the run's autocast) over global batches [0, batches)
+  /// of the validation split, `fn` on each of this rank's micro-batches.
+  void for_each_validation_forward(int64_t batches,
+                                   const std::function<void(const MicroBatch&, const modules::LMOutput&)>& fn);
   /// A host tensor on the run's device, copied without a host wait on CUDA.
   torch::Tensor to_device(const torch::Tensor& host) const;
   /// losses.load_balance_scope global_batch over several micro-batches: routes the whole step first
@@ -99,6 +104,14 @@ class Trainer {
   /// before and after. Collective.
   std::pair<double, double> replan();
   double global_grad_norm();
+  /// The run directory's lock (rank 0), where the run starts (resume policy, broadcast) and that
+  /// checkpoint loaded; config.yaml written. Collective.
+  std::unique_ptr<RunDirLock> start_run(const ResumeMode& resume);
+  /// The figures of a logged step over a window of `window_steps` steps in `seconds` (`step`: the step
+  /// just run, 0-based). Collective (the exchange statistics are summed over ranks).
+  StepFigures measure_window(const StepResult& r, int64_t step, double seconds, int64_t window_steps);
+  /// After a step: traces, checkpoints and re-plans that are due. Collective.
+  void run_schedule();
   /// Bytes of one exchanged activation element (bf16 under CUDA autocast, fp64, else fp32).
   int64_t activation_bytes() const;
 

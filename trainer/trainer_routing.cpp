@@ -91,23 +91,16 @@ std::pair<double, double> Trainer::replan() {
 }
 
 placement::RoutingTrace Trainer::trace(int64_t tokens) {
-  torch::NoGradGuard no_grad;
-  model_->eval();
   const int64_t batch_tokens = config_.train.global_batch * config_.model.seq_len;
   const int64_t batches = std::max<int64_t>(1, (tokens + batch_tokens - 1) / batch_tokens);
   const int64_t E = config_.model.moe.num_experts, slots = modules::routing_slots(config_.model.moe);
   std::vector<std::vector<torch::Tensor>> idx(config_.num_moe_layers()), gates(config_.num_moe_layers());
-  for (int64_t b = 0; b < batches; ++b) {
-    for_each_micro_batch(*val_sampler_, b, true, [&](const MicroBatch& mb) {
-      modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
-      const auto out = model_->forward(mb.inputs, mb.counters);
-      for (size_t l = 0; l < out.moe_stats.size(); ++l) {
-        idx[l].push_back(out.moe_stats[l].routed_experts(E));
-        gates[l].push_back(out.moe_stats[l].gates.to(torch::kCPU, torch::kFloat32));
-      }
-    });
-  }
-  model_->train();
+  for_each_validation_forward(batches, [&](const MicroBatch&, const modules::LMOutput& out) {
+    for (size_t l = 0; l < out.moe_stats.size(); ++l) {
+      idx[l].push_back(out.moe_stats[l].routed_experts(E));
+      gates[l].push_back(out.moe_stats[l].gates.to(torch::kCPU, torch::kFloat32));
+    }
+  });
   placement::RoutingTrace trace;
   trace.num_experts = E;
   trace.ep_size = groups_->ep_size;
