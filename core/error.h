@@ -85,6 +85,16 @@ std::string concat(const Args&... args) {
     if (!(cond)) throw ::switchyard::ErrorType(::switchyard::detail::concat(__VA_ARGS__)); \
   } while (0)
 
+/// A library call's status checked (MPI, NCCL, CUDA): when `expr` does not return `ok`, throws
+/// ErrorType "[rank r] <expr> failed at file:line: <describe(status)>", r the caller's world rank.
+#define SY_CHECK_CALL(ErrorType, rank, ok, describe, expr)                                              \
+  do {                                                                                                  \
+    const auto sy_status = (expr);                                                                      \
+    if (sy_status != (ok))                                                                              \
+      throw ::switchyard::ErrorType(::switchyard::detail::concat("[rank ", (rank), "] ", #expr, " failed at ", \
+                                                                 __FILE__, ":", __LINE__, ": ", describe(sy_status))); \
+  } while (0)
+
 /// Invariant that only a bug can break; throws InternalError with file:line.
 #define SY_ASSERT(cond, ...)                                                               \
   do {                                                                                     \

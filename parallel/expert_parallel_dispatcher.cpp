@@ -95,15 +95,22 @@ std::vector<torch::Tensor> unpack_rows(const torch::Tensor& packed, const std::v
 /// all_to_all_v of (rows, gates) with a metadata passenger (int64 [n, m], no gradient; may be
 /// [n, 0]) as one collective and one autograd node: backward is the reverse exchange of both
 /// gradients, again one collective, so every rank issues the backward collectives in the same order.
+/// What the exchange's autograd node carries to its backward: the communicator and the statistics
+/// it adds to (the dispatcher's, which outlives every step's graph).
+struct ExchangeHandle : torch::CustomClassHolder {
+  ExchangeHandle(Communicator& c, ExchangeStats& s) : comm(&c), stats(&s) {}
+  Communicator* comm;
+  ExchangeStats* stats;
+};
+
 class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
  public:
   static variable_list forward(AutogradContext* ctx, torch::Tensor rows, torch::Tensor gates, torch::Tensor meta,
-                               int64_t comm_handle, int64_t stats_handle, std::vector<int64_t> peer_class,
+                               const c10::intrusive_ptr<ExchangeHandle>& handle, std::vector<int64_t> peer_class,
                                std::vector<int64_t> send_counts, std::vector<int64_t> recv_counts) {
-    auto* comm = reinterpret_cast<Communicator*>(comm_handle);
-    auto* stats = reinterpret_cast<ExchangeStats*>(stats_handle);
-    ctx->saved_data["comm"] = comm_handle;
-    ctx->saved_data["stats"] = stats_handle;
+    auto* comm = handle->comm;
+    auto* stats = handle->stats;
+    ctx->saved_data["handle"] = c10::IValue::make_capsule(handle);
     ctx->saved_data["class"] = peer_class;
     ctx->saved_data["send"] = send_counts;
     ctx->saved_data["recv"] = recv_counts;
@@ -116,8 +123,9 @@ class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto* comm = reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
-    auto* stats = reinterpret_cast<ExchangeStats*>(ctx->saved_data["stats"].toInt());
+    const auto handle = c10::static_intrusive_pointer_cast<ExchangeHandle>(ctx->saved_data["handle"].toCapsule());
+    auto* comm = handle->comm;
+    auto* stats = handle->stats;
     const auto send = ctx->saved_data["send"].toIntVector();
     const auto recv = ctx->saved_data["recv"].toIntVector();
     const auto peer_class = ctx->saved_data["class"].toIntVector();
@@ -129,8 +137,7 @@ class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
     const auto packed = pack_rows({grad_rows.to(like[0].scalar_type()), grad_gates.to(like[1].scalar_type())});
     count_bytes(stats, peer_class, recv, packed.size(1));
     auto back = unpack_rows(timed_all_to_all(*comm, stats, packed, recv, send), {like[0], like[1]});
-    return {back[0], back[1], torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor()};
+    return {back[0], back[1], torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -139,8 +146,7 @@ class ExchangeFn : public torch::autograd::Function<ExchangeFn> {
 variable_list exchange(Communicator& comm, ExchangeStats& stats, const std::vector<int64_t>& peer_class,
                        const torch::Tensor& rows, const torch::Tensor& gates, const torch::Tensor& meta,
                        const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
-  return ExchangeFn::apply(rows, gates, meta, reinterpret_cast<int64_t>(&comm), reinterpret_cast<int64_t>(&stats),
-                           peer_class, send, recv);
+  return ExchangeFn::apply(rows, gates, meta, c10::make_intrusive<ExchangeHandle>(comm, stats), peer_class, send, recv);
 }
 
 std::vector<int64_t> counts_per_group(const torch::Tensor& group_of_row, int64_t num_groups) {

@@ -27,13 +27,7 @@ int world_rank_of_process() {
   return r;
 }
 
-#define SY_MPI_CHECK(expr)                                                                        \
-  do {                                                                                            \
-    const int sy_mpi_rc = (expr);                                                                 \
-    if (sy_mpi_rc != MPI_SUCCESS)                                                                 \
-      throw CommError(detail::concat("[rank ", world_rank_of_process(), "] ", #expr, " failed at ", \
-                                     __FILE__, ":", __LINE__, ": ", mpi_error_string(sy_mpi_rc)));  \
-  } while (0)
+#define SY_MPI_CHECK(rank, expr) SY_CHECK_CALL(CommError, rank, MPI_SUCCESS, mpi_error_string, expr)
 
 MPI_Op to_mpi(ReduceOp op) {
   switch (op) {
@@ -119,8 +113,8 @@ class HostBufferPool {
 class RowType {
  public:
   explicit RowType(int64_t bytes) {
-    SY_MPI_CHECK(MPI_Type_contiguous(static_cast<int>(bytes), MPI_BYTE, &type_));
-    SY_MPI_CHECK(MPI_Type_commit(&type_));
+    SY_MPI_CHECK(world_rank_of_process(), MPI_Type_contiguous(static_cast<int>(bytes), MPI_BYTE, &type_));
+    SY_MPI_CHECK(world_rank_of_process(), MPI_Type_commit(&type_));
   }
   ~RowType() { MPI_Type_free(&type_); }
   MPI_Datatype get() const { return type_; }
@@ -192,7 +186,7 @@ class MpiCommunicator : public Communicator {
                 " but the tensor has ", send.size(0), " rows");
     RowType row(row_bytes);
     MPI_Request req;
-    SY_MPI_CHECK(MPI_Ialltoallv(send.data_ptr(), sc.data(), sd.data(), row.get(), recv.data_ptr(), rc.data(), rd.data(),
+    SY_MPI_CHECK(world_rank_, MPI_Ialltoallv(send.data_ptr(), sc.data(), sd.data(), row.get(), recv.data_ptr(), rc.data(), rd.data(),
                                 row.get(), comm_, &req));
     wait(&req, "all_to_all_v");
     return recv.to(device);
@@ -204,7 +198,7 @@ class MpiCommunicator : public Communicator {
                 "] all_to_all_counts: expected ", size_, " counts");
     std::vector<int64_t> recv(size_);
     MPI_Request req;
-    SY_MPI_CHECK(MPI_Ialltoall(send_counts.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, comm_, &req));
+    SY_MPI_CHECK(world_rank_, MPI_Ialltoall(send_counts.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, comm_, &req));
     wait(&req, "all_to_all_counts");
     return recv;
   }
@@ -220,7 +214,7 @@ class MpiCommunicator : public Communicator {
                             .contiguous()
                       : tensor;
     MPI_Request req;
-    SY_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf.data_ptr(), static_cast<int>(buf.numel()), to_mpi(buf.scalar_type()),
+    SY_MPI_CHECK(world_rank_, MPI_Iallreduce(MPI_IN_PLACE, buf.data_ptr(), static_cast<int>(buf.numel()), to_mpi(buf.scalar_type()),
                                 to_mpi(op), comm_, &req));
     wait(&req, "all_reduce");
     if (staged) tensor.copy_(buf);
@@ -237,7 +231,7 @@ class MpiCommunicator : public Communicator {
     if (bytes > 0) {
       RowType row(bytes);
       MPI_Request req;
-      SY_MPI_CHECK(MPI_Iallgather(send.data_ptr(), 1, row.get(), recv.data_ptr(), 1, row.get(), comm_, &req));
+      SY_MPI_CHECK(world_rank_, MPI_Iallgather(send.data_ptr(), 1, row.get(), recv.data_ptr(), 1, row.get(), comm_, &req));
       wait(&req, "all_gather");
     }
     return recv.to(tensor.device());
@@ -250,7 +244,7 @@ class MpiCommunicator : public Communicator {
     if (bytes > 0) {
       RowType row(bytes);
       MPI_Request req;
-      SY_MPI_CHECK(MPI_Ibcast(buf.data_ptr(), 1, row.get(), root, comm_, &req));
+      SY_MPI_CHECK(world_rank_, MPI_Ibcast(buf.data_ptr(), 1, row.get(), root, comm_, &req));
       wait(&req, "broadcast");
     }
     if (!buf.is_same(tensor)) tensor.copy_(buf);
@@ -259,14 +253,14 @@ class MpiCommunicator : public Communicator {
   void barrier() override {
     check_usable("barrier");
     MPI_Request req;
-    SY_MPI_CHECK(MPI_Ibarrier(comm_, &req));
+    SY_MPI_CHECK(world_rank_, MPI_Ibarrier(comm_, &req));
     wait(&req, "barrier");
   }
 
   std::shared_ptr<Communicator> split(int color, int key) override {
     check_usable("split");
     MPI_Comm sub = MPI_COMM_NULL;
-    SY_MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
+    SY_MPI_CHECK(world_rank_, MPI_Comm_split(comm_, color, key, &sub));
     return std::make_shared<MpiCommunicator>(sub, true, timeout_s_);
   }
 
@@ -283,7 +277,7 @@ class MpiCommunicator : public Communicator {
     const auto deadline = start + std::chrono::duration<double>(timeout_s_);
     int done = 0;
     for (;;) {
-      SY_MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
+      SY_MPI_CHECK(world_rank_, MPI_Test(req, &done, MPI_STATUS_IGNORE));
       if (done) return;
       if (clock::now() > deadline) {
         broken_ = true;

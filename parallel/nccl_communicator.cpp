@@ -22,23 +22,10 @@ namespace switchyard::parallel {
 #if SWITCHYARD_HAS_NCCL
 namespace {
 
-#define SY_NCCL_CHECK(expr)                                                                            \
-  do {                                                                                                 \
-    const ncclResult_t sy_rc = (expr);                                                                 \
-    if (sy_rc != ncclSuccess)                                                                          \
-      throw CommError(detail::concat("[rank ", world_rank_, "] ", #expr, " failed at ", __FILE__, ":", \
-                                     __LINE__, ": ", ncclGetErrorString(sy_rc)));                      \
-  } while (0)
+#define SY_NCCL_CHECK(rank, expr) SY_CHECK_CALL(CommError, rank, ncclSuccess, ncclGetErrorString, expr)
+#define SY_CUDA_CHECK(rank, expr) SY_CHECK_CALL(CommError, rank, cudaSuccess, cudaGetErrorString, expr)
 
-#define SY_CUDA_CHECK(expr)                                                                            \
-  do {                                                                                                 \
-    const cudaError_t sy_rc = (expr);                                                                  \
-    if (sy_rc != cudaSuccess)                                                                          \
-      throw CommError(detail::concat("[rank ", world_rank_, "] ", #expr, " failed at ", __FILE__, ":", \
-                                     __LINE__, ": ", cudaGetErrorString(sy_rc)));                      \
-  } while (0)
-
-ncclDataType_t to_nccl(torch::ScalarType t, int world_rank_) {
+ncclDataType_t to_nccl(torch::ScalarType t, int world_rank) {
   switch (t) {
     case torch::kFloat32: return ncclFloat32;
     case torch::kFloat64: return ncclFloat64;
@@ -47,7 +34,7 @@ ncclDataType_t to_nccl(torch::ScalarType t, int world_rank_) {
     case torch::kInt64: return ncclInt64;
     case torch::kInt32: return ncclInt32;
     case torch::kUInt8: return ncclUint8;
-    default: throw CommError(detail::concat("[rank ", world_rank_, "] NCCL backend: unsupported dtype ", t));
+    default: throw CommError(detail::concat("[rank ", world_rank, "] NCCL backend: unsupported dtype ", t));
   }
 }
 
@@ -64,10 +51,10 @@ class NcclCommunicator : public Communicator {
  public:
   NcclCommunicator(ncclComm_t comm, int device, int world_rank, double timeout_s)
       : comm_(comm), device_(device), world_rank_(world_rank), timeout_s_(timeout_s) {
-    SY_NCCL_CHECK(ncclCommUserRank(comm_, &rank_));
-    SY_NCCL_CHECK(ncclCommCount(comm_, &size_));
+    SY_NCCL_CHECK(world_rank_, ncclCommUserRank(comm_, &rank_));
+    SY_NCCL_CHECK(world_rank_, ncclCommCount(comm_, &size_));
     c10::cuda::CUDAGuard guard(device_);
-    SY_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+    SY_CUDA_CHECK(world_rank_, cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   }
   ~NcclCommunicator() override {
     if (comm_ != nullptr) {
@@ -98,14 +85,14 @@ class NcclCommunicator : public Communicator {
     const auto* s = static_cast<const char*>(send.data_ptr());
     auto* r = static_cast<char*>(recv.data_ptr());
     int64_t s_off = 0, r_off = 0;
-    SY_NCCL_CHECK(ncclGroupStart());
+    SY_NCCL_CHECK(world_rank_, ncclGroupStart());
     for (int p = 0; p < size_; ++p) {
-      if (send_counts[p] > 0) SY_NCCL_CHECK(ncclSend(s + s_off, send_counts[p] * row_bytes, ncclChar, p, comm_, stream));
-      if (recv_counts[p] > 0) SY_NCCL_CHECK(ncclRecv(r + r_off, recv_counts[p] * row_bytes, ncclChar, p, comm_, stream));
+      if (send_counts[p] > 0) SY_NCCL_CHECK(world_rank_, ncclSend(s + s_off, send_counts[p] * row_bytes, ncclChar, p, comm_, stream));
+      if (recv_counts[p] > 0) SY_NCCL_CHECK(world_rank_, ncclRecv(r + r_off, recv_counts[p] * row_bytes, ncclChar, p, comm_, stream));
       s_off += send_counts[p] * row_bytes;
       r_off += recv_counts[p] * row_bytes;
     }
-    SY_NCCL_CHECK(ncclGroupEnd());
+    SY_NCCL_CHECK(world_rank_, ncclGroupEnd());
     wait(stream, "all_to_all_v");
     return recv.to(send_in.device());
   }
@@ -121,7 +108,7 @@ class NcclCommunicator : public Communicator {
     c10::cuda::CUDAGuard guard(device_);
     auto buf = tensor.to(torch::Device(torch::kCUDA, device_)).contiguous();
     auto stream = c10::cuda::getCurrentCUDAStream(device_).stream();
-    SY_NCCL_CHECK(ncclAllReduce(buf.data_ptr(), buf.data_ptr(), buf.numel(), to_nccl(buf.scalar_type(), world_rank_),
+    SY_NCCL_CHECK(world_rank_, ncclAllReduce(buf.data_ptr(), buf.data_ptr(), buf.numel(), to_nccl(buf.scalar_type(), world_rank_),
                                 to_nccl(op), comm_, stream));
     wait(stream, "all_reduce");
     if (!buf.is_same(tensor)) tensor.copy_(buf);
@@ -135,7 +122,7 @@ class NcclCommunicator : public Communicator {
     else shape[0] *= size_;
     auto recv = torch::empty(shape, send.options());
     auto stream = c10::cuda::getCurrentCUDAStream(device_).stream();
-    SY_NCCL_CHECK(ncclAllGather(send.data_ptr(), recv.data_ptr(), send.numel() * send.element_size(), ncclChar, comm_,
+    SY_NCCL_CHECK(world_rank_, ncclAllGather(send.data_ptr(), recv.data_ptr(), send.numel() * send.element_size(), ncclChar, comm_,
                                 stream));
     wait(stream, "all_gather");
     return recv.to(tensor.device());
@@ -145,7 +132,7 @@ class NcclCommunicator : public Communicator {
     c10::cuda::CUDAGuard guard(device_);
     auto buf = tensor.to(torch::Device(torch::kCUDA, device_)).contiguous();
     auto stream = c10::cuda::getCurrentCUDAStream(device_).stream();
-    SY_NCCL_CHECK(ncclBroadcast(buf.data_ptr(), buf.data_ptr(), buf.numel() * buf.element_size(), ncclChar, root, comm_,
+    SY_NCCL_CHECK(world_rank_, ncclBroadcast(buf.data_ptr(), buf.data_ptr(), buf.numel() * buf.element_size(), ncclChar, root, comm_,
                                 stream));
     wait(stream, "broadcast");
     if (!buf.is_same(tensor)) tensor.copy_(buf);
@@ -158,22 +145,22 @@ class NcclCommunicator : public Communicator {
 
   std::shared_ptr<Communicator> split(int color, int key) override {
     ncclComm_t sub = nullptr;
-    SY_NCCL_CHECK(ncclCommSplit(comm_, color, key, &sub, nullptr));
+    SY_NCCL_CHECK(world_rank_, ncclCommSplit(comm_, color, key, &sub, nullptr));
     return std::make_shared<NcclCommunicator>(sub, device_, world_rank_, timeout_s_);
   }
 
  private:
   /// Waits for the stream's work, checking NCCL's async error, up to the deadline.
   void wait(cudaStream_t stream, const char* op) {
-    SY_CUDA_CHECK(cudaEventRecord(done_, stream));
+    SY_CUDA_CHECK(world_rank_, cudaEventRecord(done_, stream));
     const auto start = std::chrono::steady_clock::now();
     const auto deadline = start + std::chrono::duration<double>(timeout_s_);
     for (;;) {
       const cudaError_t q = cudaEventQuery(done_);
       if (q == cudaSuccess) return;
-      if (q != cudaErrorNotReady) SY_CUDA_CHECK(q);
+      if (q != cudaErrorNotReady) SY_CUDA_CHECK(world_rank_, q);
       ncclResult_t async = ncclSuccess;
-      SY_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
+      SY_NCCL_CHECK(world_rank_, ncclCommGetAsyncError(comm_, &async));
       if (async != ncclSuccess && async != ncclInProgress) {
         aborted_ = true;
         throw CommError(detail::concat("[rank ", world_rank_, "] ", op, ": NCCL error ", ncclGetErrorString(async)));
@@ -208,18 +195,18 @@ namespace {
 
 /// A new NCCL communicator over `bootstrap`'s ranks (rank 0's unique id broadcast over it).
 ncclComm_t init_nccl_comm(Communicator& bootstrap, int device_index) {
-  const int world_rank_ = bootstrap.world_rank();
-  SY_CUDA_CHECK(cudaSetDevice(device_index));
+  const int world_rank = bootstrap.world_rank();
+  SY_CUDA_CHECK(world_rank, cudaSetDevice(device_index));
   ncclUniqueId id;
   auto id_bytes = torch::zeros({static_cast<int64_t>(sizeof(id))}, torch::kUInt8);
   if (bootstrap.rank() == 0) {
-    SY_NCCL_CHECK(ncclGetUniqueId(&id));
+    SY_NCCL_CHECK(world_rank, ncclGetUniqueId(&id));
     std::memcpy(id_bytes.data_ptr(), &id, sizeof(id));
   }
   bootstrap.broadcast(id_bytes, 0);
   std::memcpy(&id, id_bytes.data_ptr(), sizeof(id));
   ncclComm_t comm = nullptr;
-  SY_NCCL_CHECK(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()));
+  SY_NCCL_CHECK(world_rank, ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()));
   return comm;
 }
 
@@ -232,20 +219,20 @@ std::shared_ptr<Communicator> make_nccl_communicator(const std::shared_ptr<Commu
 }
 
 RawAlltoall make_raw_nccl_alltoall(const std::shared_ptr<Communicator>& bootstrap, int device_index) {
-  const int world_rank_ = bootstrap->world_rank(), size = bootstrap->size();
+  const int world_rank = bootstrap->world_rank(), size = bootstrap->size();
   std::shared_ptr<ncclComm> comm(init_nccl_comm(*bootstrap, device_index), [](ncclComm_t c) { ncclCommDestroy(c); });
-  return [comm, device_index, world_rank_, size](const torch::Tensor& send, torch::Tensor& recv, int64_t bytes_per_peer) {
+  return [comm, device_index, world_rank, size](const torch::Tensor& send, torch::Tensor& recv, int64_t bytes_per_peer) {
     c10::cuda::CUDAGuard guard(device_index);
     auto stream = c10::cuda::getCurrentCUDAStream(device_index).stream();
     const auto* s = static_cast<const char*>(send.data_ptr());
     auto* r = static_cast<char*>(recv.data_ptr());
-    SY_NCCL_CHECK(ncclGroupStart());
+    SY_NCCL_CHECK(world_rank, ncclGroupStart());
     for (int p = 0; p < size; ++p) {
-      SY_NCCL_CHECK(ncclSend(s + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm.get(), stream));
-      SY_NCCL_CHECK(ncclRecv(r + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm.get(), stream));
+      SY_NCCL_CHECK(world_rank, ncclSend(s + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm.get(), stream));
+      SY_NCCL_CHECK(world_rank, ncclRecv(r + p * bytes_per_peer, bytes_per_peer, ncclChar, p, comm.get(), stream));
     }
-    SY_NCCL_CHECK(ncclGroupEnd());
-    SY_CUDA_CHECK(cudaStreamSynchronize(stream));
+    SY_NCCL_CHECK(world_rank, ncclGroupEnd());
+    SY_CUDA_CHECK(world_rank, cudaStreamSynchronize(stream));
   };
 }
 

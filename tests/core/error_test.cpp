@@ -34,6 +34,24 @@ TEST(Error, AssertNamesExpressionAndLocation) {
   }
 }
 
+int fake_library_call(int status) { return status; }
+std::string describe_status(int status) { return "status " + std::to_string(status); }
+
+TEST(Error, CheckCallNamesTheRankTheCallAndTheLibrarysReason) {
+  int calls = 0;
+  SY_CHECK_CALL(CommError, 3, 0, describe_status, (++calls, fake_library_call(0)));
+  EXPECT_EQ(calls, 1);  // the call runs once
+  try {
+    SY_CHECK_CALL(CommError, 3, 0, describe_status, fake_library_call(7));
+    ADD_FAILURE() << "no throw";
+  } catch (const CommError& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(what.rfind("[rank 3] fake_library_call(7) failed at ", 0), 0u) << what;
+    EXPECT_NE(what.find("error_test.cpp"), std::string::npos) << what;
+    EXPECT_NE(what.find(": status 7"), std::string::npos) << what;
+  }
+}
+
 TEST(Error, ExitCodes) {
   EXPECT_EQ(exit_code_for(ConfigError("x")), 2);
   EXPECT_EQ(exit_code_for(UsageError("x")), 2);
