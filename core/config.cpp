@@ -410,17 +410,20 @@ void Config::validate() const {
           "parallel.backend: nccl needs train.device cuda");
 }
 
+void ParallelConfig::validate_for_world(int world_size) const {
+  require(world_size % expert_parallel == 0, "parallel.expert_parallel: must divide the number of ranks (" +
+                                                 std::to_string(world_size) + "), got " + std::to_string(expert_parallel));
+  require(ranks_per_node == 0 || world_size % ranks_per_node == 0,
+          "parallel.ranks_per_node: must divide the number of ranks (" + std::to_string(world_size) + "), got " +
+              std::to_string(ranks_per_node));
+}
+
 void Config::validate_for_world(int world_size) const {
-  require(world_size % parallel.expert_parallel == 0,
-          "parallel.expert_parallel: must divide the number of ranks (" + std::to_string(world_size) + "), got " +
-              std::to_string(parallel.expert_parallel));
+  parallel.validate_for_world(world_size);
   require(train.global_batch % (train.micro_batch * world_size) == 0,
           "train.global_batch: must be a multiple of train.micro_batch * ranks (" +
               std::to_string(train.micro_batch) + " * " + std::to_string(world_size) + "), got " +
               std::to_string(train.global_batch));
-  require(parallel.ranks_per_node == 0 || world_size % parallel.ranks_per_node == 0,
-          "parallel.ranks_per_node: must divide the number of ranks (" + std::to_string(world_size) + "), got " +
-              std::to_string(parallel.ranks_per_node));
 }
 
 }  // namespace switchyard::core

@@ -236,6 +236,10 @@ struct ParallelConfig {
                                               "CUDA stream while the experts compute another chunk (1 = no overlap)",
             Bounds::in(1, 64));
   }
+
+  /// The rules that need the world size: expert_parallel and ranks_per_node divide it. ConfigError
+  /// naming the key. (Config::validate_for_world and ProcessGroups::create both apply them.)
+  void validate_for_world(int world_size) const;
 };
 
 struct DataConfig {

@@ -117,7 +117,7 @@ RouterImpl::RouterImpl(const core::MoEConfig& config, int64_t d_model, double in
       break;
     }
     case RouterKind::kGrap:
-      SY_CHECK(d_model % config.num_experts == 0, "model.moe.num_experts: grap needs it to divide d_model");
+      SY_ASSERT(d_model % config.num_experts == 0, "Config::validate admits grap only where num_experts divides d_model");
       bias_ = register_parameter("eps", torch::zeros({num_choices_}));
       break;
     case RouterKind::kHash:

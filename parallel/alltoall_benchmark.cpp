@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
+#include "parallel/run_world.h"
 
 namespace switchyard::parallel {
 namespace {
@@ -46,12 +47,7 @@ void run_alltoall_benchmark(const AlltoallBenchOptions& options) {
   SY_CHECK_AS(UsageError, !nccl || options.device == "cuda", "--backend nccl needs --device cuda");
   SY_CHECK_AS(UsageError, !nccl || nccl_available(), "--backend nccl: NCCL is not built in");
   SY_CHECK_AS(UsageError, options.device == "cpu" || torch::cuda::is_available(), "--device cuda: no CUDA device");
-  // One GPU per rank: the local rank's (ranks of one node are consecutive under mpirun's default map).
-  const int local_rank = physical_node_local(*mpi_world).rank;
-  const int gpus = options.device == "cuda" ? static_cast<int>(torch::cuda::device_count()) : 1;
-  const auto device = options.device == "cuda"
-                          ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus))
-                          : torch::Device(torch::kCPU);
+  const auto device = options.device == "cuda" ? gpu_of_rank(*mpi_world).device : torch::Device(torch::kCPU);
   auto world = nccl ? make_nccl_communicator(mpi_world, device.index(), options.timeout_s) : mpi_world;
   const int n = world->size();
   core::ParallelConfig pc;

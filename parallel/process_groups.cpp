@@ -60,8 +60,7 @@ Topology Topology::detect(Communicator& world, int64_t ranks_per_node) {
   t.rank = world.rank();
   t.node_of_rank.resize(t.world_size);
   if (ranks_per_node > 0) {
-    SY_CHECK_AS(ConfigError, t.world_size % ranks_per_node == 0, "parallel.ranks_per_node: must divide the number of ranks (",
-                t.world_size, "), got ", ranks_per_node);
+    SY_ASSERT(t.world_size % ranks_per_node == 0, "ParallelConfig::validate_for_world admits only dividing ranks_per_node");
     t.emulated = true;
     for (int r = 0; r < t.world_size; ++r) t.node_of_rank[r] = static_cast<int>(r / ranks_per_node);
   } else {
@@ -77,13 +76,12 @@ bool ProcessGroups::ep_peer_is_remote(int ep_peer) const {
 
 std::shared_ptr<ProcessGroups> ProcessGroups::create(std::shared_ptr<Communicator> world,
                                                      const core::ParallelConfig& config) {
+  config.validate_for_world(world->size());
   auto g = std::make_shared<ProcessGroups>();
   g->world = world;
   g->topology = Topology::detect(*world, config.ranks_per_node);
-  const int size = world->size(), rank = world->rank();
+  const int rank = world->rank();
   const int ep = static_cast<int>(config.expert_parallel);
-  SY_CHECK_AS(ConfigError, size % ep == 0, "parallel.expert_parallel: must divide the number of ranks (", size,
-              "), got ", ep);
   g->ep_size = ep;
   g->ep_rank = rank % ep;
   g->ep = world->split(rank / ep, rank);

@@ -7,6 +7,16 @@
 
 namespace switchyard::parallel {
 
+RankGpu gpu_of_rank(Communicator& world) {
+  const auto local = physical_node_local(world);
+  RankGpu g;
+  g.ranks_on_node = local.size;
+  g.gpus = static_cast<int>(torch::cuda::device_count());
+  SY_CHECK_AS(ConfigError, g.gpus > 0, "train.device: cuda requested but no CUDA device is visible on rank ", world.rank());
+  g.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local.rank % g.gpus));
+  return g;
+}
+
 RunWorld open_run_world(const core::Config& config) {
   RunWorld w;
   const double timeout = config.parallel.timeout_s;
@@ -15,11 +25,9 @@ RunWorld open_run_world(const core::Config& config) {
   const auto backend = config.parallel.backend;
   if (config.train.device != core::DeviceKind::kCuda) return w;
 
-  const auto local = physical_node_local(*mpi);
-  const int local_rank = local.rank, ranks_here = local.size;
-  const int gpus = static_cast<int>(torch::cuda::device_count());
-  SY_CHECK_AS(ConfigError, gpus > 0, "train.device: cuda requested but no CUDA device is visible on rank ", mpi->rank());
-  w.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus));
+  const auto gpu = gpu_of_rank(*mpi);
+  const int ranks_here = gpu.ranks_on_node, gpus = gpu.gpus;
+  w.device = gpu.device;
 
   const bool one_gpu_per_rank = ranks_here <= gpus;
   if (backend == core::BackendKind::kNccl) {
