@@ -7,7 +7,7 @@
 
 #include "core/error.h"
 #include "modules/moe_kernels.h"
-#include "modules/torch_version.h"
+#include "runtime/torch_version.h"
 
 namespace switchyard::modules {
 namespace {

@@ -3,23 +3,13 @@
 
 #include "core/build_info.h"
 #include "core/error.h"
+#if SWITCHYARD_WITH_CUDA
+#include "modules/moe_kernels_cuda.h"
+#endif
 
 namespace switchyard::modules::kernels {
 
 #if SWITCHYARD_WITH_CUDA
-namespace cuda {  // moe_kernels.cu
-torch::Tensor gather_sum(const torch::Tensor& rows, const torch::Tensor& scale, const torch::Tensor& row_of_slot);
-std::pair<torch::Tensor, torch::Tensor> unpermute_backward(const torch::Tensor& grad_y, const torch::Tensor& rows,
-                                                           const torch::Tensor& gates, const torch::Tensor& token_idx);
-torch::Tensor swiglu_forward(const torch::Tensor& h);
-torch::Tensor swiglu_backward(const torch::Tensor& grad_out, const torch::Tensor& h);
-void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const std::vector<int64_t>& counts,
-                        torch::Tensor& grad, bool accumulate);
-torch::Tensor expert_input_grad(const torch::Tensor& dy, const torch::Tensor& w, const std::vector<int64_t>& counts);
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> softmax_topk(const torch::Tensor& logits, int64_t k, bool normalize);
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> counting_sort_slots(
-    const torch::Tensor& expert_idx, int64_t num_experts);
-}  // namespace cuda
 #define SY_ON_CUDA(tensor, call) \
   if ((tensor).is_cuda()) return cuda::call
 #else

@@ -1,5 +1,7 @@
 // CUDA kernels of the fused MoE ops (moe_kernels.h). Memory-bound: each thread moves 16 bytes per
 // access when rows are 16-byte aligned, and accumulates in fp32.
+#include "modules/moe_kernels_cuda.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>

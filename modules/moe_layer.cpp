@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "losses/routing_losses.h"
-#include "modules/autocast.h"
+#include "runtime/autocast.h"
 #include "modules/counter_rng.h"
 #include "modules/recompute.h"
 #include "modules/side_stream.h"
@@ -127,7 +127,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& toke
   // Under bf16 autocast on CUDA the layer's input is cast once: the experts compute in bf16 anyway,
   // so the rows travel, are gathered and their gradients summed at half the bytes; the router keeps
   // fp32 logits from bf16 activations (router_logits).
-  const auto xb = x.is_cuda() && x.scalar_type() == torch::kFloat32 && cuda_autocast_enabled() ? x.to(torch::kBFloat16) : x;
+  const auto xb = x.is_cuda() && x.scalar_type() == torch::kFloat32 && runtime::cuda_autocast_enabled() ? x.to(torch::kBFloat16) : x;
   // The shared experts first: they need no routing, so the card runs them while the host issues the
   // routing's small kernels (on CUDA the start of the forward is bound by the host).
   const auto shared_y = shared ? shared->forward(xb) : torch::Tensor();

@@ -2,7 +2,7 @@
 // reentrant variant).
 #include "modules/recompute.h"
 
-#include "modules/autocast.h"
+#include "runtime/autocast.h"
 
 namespace switchyard::modules {
 namespace {
@@ -39,7 +39,7 @@ class RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     variable_list outputs;
     {
       torch::AutoGradMode grad_mode(true);
-      Bf16Autocast autocast(state->autocast);
+      runtime::Bf16Autocast autocast(state->autocast);
       outputs = state->fn(input);
     }
     variable_list roots, root_grads;
@@ -62,7 +62,7 @@ torch::autograd::variable_list recompute_in_backward(TensorFn fn, const torch::T
   if (!torch::GradMode::is_enabled() || !input.requires_grad()) return fn(input);
   auto state = c10::make_intrusive<Recomputation>();
   state->fn = std::move(fn);
-  state->autocast = cuda_autocast_enabled();
+  state->autocast = runtime::cuda_autocast_enabled();
   return RecomputeFn::apply(state, input);
 }
 

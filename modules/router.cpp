@@ -9,7 +9,7 @@
 #include "losses/routing_losses.h"
 #include "modules/counter_rng.h"
 #include "modules/moe_kernels.h"
-#include "modules/torch_version.h"
+#include "runtime/torch_version.h"
 
 namespace switchyard::modules {
 namespace {

@@ -54,11 +54,6 @@ Dispatched LocalDispatcher::dispatch(const torch::Tensor& x, const torch::Tensor
   return d;
 }
 
-torch::Tensor LocalDispatcher::combine(const torch::Tensor& weighted, const Dispatched& dispatched) {
-  const auto& state = *static_cast<const LocalState*>(dispatched.state.get());
-  return torch::zeros({state.num_tokens, weighted.size(1)}, weighted.options()).index_add(0, state.token_idx, weighted);
-}
-
 torch::Tensor LocalDispatcher::combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
                                                 const Dispatched& dispatched) {
   const auto& state = *static_cast<const LocalState*>(dispatched.state.get());

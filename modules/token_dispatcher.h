@@ -10,7 +10,7 @@
 
 namespace switchyard::modules {
 
-/// What a dispatch hands to the local experts; `state` is the dispatcher's own, for combine().
+/// What a dispatch hands to the local experts; `state` is the dispatcher's own, for combine_weighted().
 struct Dispatched {
   torch::Tensor tokens;             ///< [S, d] rows for this rank's experts, grouped by local expert
   torch::Tensor slot_gates;         ///< [S] fp32 gate of each row (differentiable)
@@ -27,15 +27,10 @@ class TokenDispatcher {
   /// Collective in distributed dispatchers: every rank of the expert-parallel group calls it.
   virtual Dispatched dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx, const torch::Tensor& gates) = 0;
 
-  /// weighted [S, d] (expert output times slot gate, rows as dispatched) -> [T, d], each token the
-  /// sum over its slots. Collective like dispatch().
-  virtual torch::Tensor combine(const torch::Tensor& weighted, const Dispatched& dispatched) = 0;
-
-  /// combine(expert_out * gates), which a dispatcher may fuse (expert_out [S, d], gates [S]).
+  /// expert_out [S, d] (rows as dispatched), gates [S] -> [T, d], each token the gate-weighted sum
+  /// over its slots. Collective like dispatch().
   virtual torch::Tensor combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
-                                         const Dispatched& dispatched) {
-    return combine(expert_out * gates.to(expert_out.scalar_type()).unsqueeze(1), dispatched);
-  }
+                                         const Dispatched& dispatched) = 0;
 
   /// Global ids of the experts this rank holds, in local order.
   virtual std::vector<int64_t> local_expert_ids() const = 0;
@@ -50,7 +45,6 @@ class LocalDispatcher : public TokenDispatcher {
   explicit LocalDispatcher(int64_t num_experts, bool every_slot_routed = false)
       : num_experts_(num_experts), every_slot_routed_(every_slot_routed) {}
   Dispatched dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx, const torch::Tensor& gates) override;
-  torch::Tensor combine(const torch::Tensor& weighted, const Dispatched& dispatched) override;
   torch::Tensor combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
                                  const Dispatched& dispatched) override;
   std::vector<int64_t> local_expert_ids() const override;

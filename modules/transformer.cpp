@@ -7,7 +7,7 @@
 #include "losses/routing_losses.h"
 #include "modules/recompute.h"
 #include "modules/transformer_kernels.h"
-#include "modules/torch_version.h"
+#include "runtime/torch_version.h"
 
 namespace switchyard::modules {
 

@@ -336,12 +336,6 @@ modules::Dispatched ExpertParallelDispatcher::dispatch(const torch::Tensor& x, c
   return d;
 }
 
-torch::Tensor ExpertParallelDispatcher::combine(const torch::Tensor& weighted, const modules::Dispatched& dispatched) {
-  if (single_rank_) return single_rank_->combine(weighted, dispatched);
-  const auto& state = *static_cast<const EpState*>(dispatched.state.get());
-  return combine_rows(modules::kernels::sum_rows(weighted, state.slot_row, state.row_slots), dispatched);
-}
-
 torch::Tensor ExpertParallelDispatcher::combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
                                                          const modules::Dispatched& dispatched) {
   if (single_rank_) return single_rank_->combine_weighted(expert_out, gates, dispatched);

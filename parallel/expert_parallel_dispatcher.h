@@ -44,7 +44,6 @@ class ExpertParallelDispatcher : public modules::TokenDispatcher {
   /// Collective over the EP group (and its node groups for hierarchical).
   modules::Dispatched dispatch(const torch::Tensor& x, const torch::Tensor& expert_idx,
                                const torch::Tensor& gates) override;
-  torch::Tensor combine(const torch::Tensor& weighted, const modules::Dispatched& dispatched) override;
   /// The gate weighting fused into the destination's per-row sum (the un-permute kernel).
   torch::Tensor combine_weighted(const torch::Tensor& expert_out, const torch::Tensor& gates,
                                  const modules::Dispatched& dispatched) override;

@@ -1,6 +1,6 @@
 // `switchyard bench alltoall` and `bench layer`: micro-benchmarks, JSON lines on stdout.
-#include "modules/layer_benchmark.h"
-#include "parallel/alltoall_benchmark.h"
+#include "bench/layer_benchmark.h"
+#include "bench/alltoall_benchmark.h"
 #include "tools/command.h"
 
 namespace switchyard::tools {
@@ -9,7 +9,7 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
   CLI::App* bench = app.add_subcommand("bench", "micro-benchmarks (JSON lines on stdout)");
   bench->require_subcommand(1);
 
-  auto a2a = std::make_shared<parallel::AlltoallBenchOptions>();
+  auto a2a = std::make_shared<bench::AlltoallBenchOptions>();
   CLI::App* a2a_cmd = bench->add_subcommand("alltoall", "our exchange against the raw library all-to-all (run under mpirun)");
   a2a_cmd->add_option("--ranks-per-node", a2a->ranks_per_node, "emulated ranks per node (0 = detect)")
       ->check(CLI::NonNegativeNumber);
@@ -20,11 +20,11 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
       ->check(CLI::IsMember({"mpi", "nccl"}));
   commands.emplace_back(a2a_cmd, [a2a](RankStarter& ranks) {
     ranks.start(core::ParallelConfig{});
-    parallel::run_alltoall_benchmark(*a2a);
+    bench::run_alltoall_benchmark(*a2a);
     return 0;
   });
 
-  auto layer = std::make_shared<modules::LayerBenchOptions>();
+  auto layer = std::make_shared<bench::LayerBenchOptions>();
   CLI::App* layer_cmd = bench->add_subcommand("layer", "one MoE layer, forward and forward+backward (peer presets)");
   layer_cmd->add_option("--preset", layer->preset, "mixtral_like or deepseek_like")
       ->check(CLI::IsMember({"mixtral_like", "deepseek_like"}));
@@ -42,7 +42,7 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
   layer_cmd->add_option("--profile-iters", layer->profile_iters, "forward+backward iterations in the --profile trace")
       ->check(CLI::PositiveNumber);
   commands.emplace_back(layer_cmd, [layer](RankStarter&) {
-    modules::run_layer_benchmark(*layer);
+    bench::run_layer_benchmark(*layer);
     return 0;
   });
 }

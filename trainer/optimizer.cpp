@@ -5,7 +5,7 @@
 #include <optional>
 #include <vector>
 
-#include "modules/torch_version.h"
+#include "runtime/torch_version.h"
 
 // PyTorch's fused AdamW kernels (LibTorch 2.1 and later; Debian's 1.13 takes the loop).
 #define SY_FUSED_ADAMW SY_TORCH_AT_LEAST(2, 1)

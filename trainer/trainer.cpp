@@ -27,9 +27,9 @@
 #include "core/fault_injection.h"
 #include "core/file_io.h"
 #include "core/logging.h"
-#include "modules/autocast.h"
-#include "modules/profiler.h"
-#include "modules/torch_version.h"
+#include "runtime/autocast.h"
+#include "runtime/profiler.h"
+#include "runtime/torch_version.h"
 #include "parallel/communicator.h"
 #include "placement/plan_file.h"
 #include "placement/traffic_model.h"
@@ -270,7 +270,7 @@ void Trainer::count_step_routing(int64_t step) {
   }
   std::vector<torch::Tensor> counts;
   for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) {
-    modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+    runtime::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
     const auto out = model_->forward(mb.inputs, mb.counters);
     for (size_t l = 0; l < out.moe_stats.size(); ++l) {
       const auto c = out.moe_stats[l].tokens_per_expert.to(torch::kCPU, torch::kFloat64);
@@ -358,7 +358,7 @@ Trainer::StepResult Trainer::compute_gradients() {
   StepSums sums;
   // One autocast region for the whole step: its cache keeps each weight's bf16 cast for every
   // micro-batch (the backward runs on autograd's device thread, outside autocast).
-  modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+  runtime::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
   for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) {
     const auto out = model_->forward(mb.inputs, mb.counters);
     auto lm = modules::TransformerLMImpl::lm_loss(out.logits, mb.targets);
@@ -421,7 +421,7 @@ void Trainer::for_each_validation_forward(int64_t batches,
                                           const std::function<void(const MicroBatch&, const modules::LMOutput&)>& fn) {
   torch::NoGradGuard no_grad;
   model_->eval();
-  modules::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+  runtime::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
   for (int64_t b = 0; b < batches; ++b) {
     for_each_micro_batch(*val_sampler_, b, true, [&](const MicroBatch& mb) { fn(mb, model_->forward(mb.inputs, mb.counters)); });
   }
@@ -541,7 +541,7 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   const bool profiling = rank0 && !profile.path.empty();
   SY_CHECK_AS(UsageError, profile.steps > 0, "--profile-steps: at least 1, got ", profile.steps);
   SY_CHECK_AS(UsageError, !profiling || std::ofstream(profile.path).good(), "--profile: cannot write ", profile.path);
-  if (profiling) modules::KinetoTrace(device_).save(profile.path);  // a LibTorch without Kineto fails here, before any step
+  if (profiling) runtime::KinetoTrace(device_).save(profile.path);  // a LibTorch without Kineto fails here, before any step
   const auto lock = start_run(resume);
   std::unique_ptr<MetricsWriter> metrics;
   if (rank0) metrics = std::make_unique<MetricsWriter>(config_.train.run_dir, state_.step);
@@ -552,9 +552,9 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   const int64_t first_step = state_.step;
   // --profile: after two warm-up steps, or as late as still leaves `profile.steps` steps.
   const int64_t profile_from = std::max(first_step, std::min(first_step + 2, config_.train.steps - profile.steps));
-  std::unique_ptr<modules::KinetoTrace> trace;
+  std::unique_ptr<runtime::KinetoTrace> trace;
   for (int64_t step = state_.step; step < config_.train.steps; ++step) {
-    if (profiling && step == profile_from) trace = std::make_unique<modules::KinetoTrace>(device_);
+    if (profiling && step == profile_from) trace = std::make_unique<runtime::KinetoTrace>(device_);
     // Test hooks (tests/trainer): a chosen rank fails, exits or stops at a chosen step.
     SY_CHECK_AS(DataError, !core::fault_at("throw_at_step", step + 1), "injected failure at step ", step + 1);
     if (core::fault_at("exit_at_step", step + 1)) std::_Exit(3);

@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "core/error.h"
-#include "modules/autocast.h"
+#include "runtime/autocast.h"
 #include "placement/plan_file.h"
 #include "placement/planner.h"
 #include "placement/routing_trace.h"

@@ -3,7 +3,7 @@
 // experts and only the arithmetic differs. Tolerances (relative L2): fp32 1e-4, bf16 2e-2.
 #include <gtest/gtest.h>
 
-#include "modules/autocast.h"
+#include "runtime/autocast.h"
 #include "modules/moe_layer.h"
 #include "modules/router.h"
 #include "modules/transformer.h"
@@ -100,7 +100,7 @@ TEST_F(GpuModules, AutocastGroupedExpertsAccumulateGradientsInPlace) {
     for (auto& p : layer->parameters()) p.mutable_grad() = reset ? torch::Tensor() : torch::zeros_like(p);
     const auto x = x_cpu.detach().to(torch::kCUDA).requires_grad_();
     for (int pass = 0; pass < 2; ++pass) {
-      Bf16Autocast autocast(true);
+      runtime::Bf16Autocast autocast(true);
       (layer->forward(x).y * probe.to(torch::kCUDA)).sum().backward();
     }
     const auto params = layer->named_parameters();

@@ -48,7 +48,7 @@ TEST(MoeKernels, SlotsSortStablyByExpertWhateverTheKeyWidth) {
   if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);
   for (const auto& device : devices) {
     for (const int64_t experts : {4, 64, 256, 257, 1024, 40000}) {
-      for (const auto [tokens, k] : {std::pair<int64_t, int64_t>{600, 2}, {3000, 6}}) {
+      for (const auto& [tokens, k] : {std::pair<int64_t, int64_t>{600, 2}, {3000, 6}}) {
         for (const bool drop : {false, true}) {
           // Ids from a few values spread over the range (repeats test the stability), the largest among them.
           auto idx = (torch::randint(0, 37, {tokens, k}, torch::kInt64) * (experts / 37 + 1)).clamp_max(experts - 1);

@@ -1,6 +1,6 @@
 // MoE layer against per-token references, dense equivalence, gradient checks in double, statistics.
 #include "modules/moe_layer.h"
-#include "modules/layer_benchmark.h"
+#include "bench/layer_benchmark.h"
 
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
@@ -254,11 +254,11 @@ TEST(LayerBenchmark, CheckComparesTheTimedDtypeWithAWiderReference) {
   c.model.moe.shared_experts = 1;
   c.model.moe.capacity_factor = 0;
   c.losses = no_losses();
-  const double fp32 = check_against_reference(c, torch::kCPU, torch::kFloat32, 32);
+  const double fp32 = bench::check_against_reference(c, torch::kCPU, torch::kFloat32, 32);
   EXPECT_GT(fp32, 0.0);
   EXPECT_LT(fp32, 1e-5);
   if (torch::cuda::is_available()) {
-    const double bf16 = check_against_reference(c, torch::Device(torch::kCUDA, 0), torch::kBFloat16, 32);
+    const double bf16 = bench::check_against_reference(c, torch::Device(torch::kCUDA, 0), torch::kBFloat16, 32);
     EXPECT_GT(bf16, 1e-4);
     EXPECT_LT(bf16, 1e-2);
   }

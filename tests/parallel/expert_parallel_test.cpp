@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "core/error.h"
-#include "modules/autocast.h"
+#include "runtime/autocast.h"
 #include "modules/moe_layer.h"
 #include "parallel/communicator.h"
 #include "parallel/expert_parallel.h"
@@ -109,7 +109,7 @@ void expect_matches_reference(const core::Config& c, std::vector<int64_t> owner 
   const auto x = x_all.narrow(0, share.offset, share.count).to(device).requires_grad_();
   modules::MoEOutput out;
   {
-    modules::Bf16Autocast autocast(backend.bf16);
+    runtime::Bf16Autocast autocast(backend.bf16);
     out = dist.layer->forward(x);
     total_loss(out, probe_all.narrow(0, share.offset, share.count).to(device)).backward();
   }

@@ -1,5 +1,5 @@
 // KinetoTrace: LibTorch's Kineto profiler from C++ (prepare, enable, disable, save).
-#include "modules/profiler.h"
+#include "runtime/profiler.h"
 
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
@@ -9,7 +9,7 @@
 
 #include "core/error.h"
 
-namespace switchyard::modules {
+namespace switchyard::runtime {
 
 KinetoTrace::KinetoTrace(const torch::Device& device) : device_(device) {
   namespace prof = torch::profiler::impl;
@@ -42,4 +42,4 @@ void KinetoTrace::save(const std::string& path) {
   }
 }
 
-}  // namespace switchyard::modules
+}  // namespace switchyard::runtime

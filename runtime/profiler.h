@@ -6,7 +6,7 @@
 
 #include <string>
 
-namespace switchyard::modules {
+namespace switchyard::runtime {
 
 class KinetoTrace {
  public:
@@ -26,4 +26,4 @@ class KinetoTrace {
   bool recording_ = false;
 };
 
-}  // namespace switchyard::modules
+}  // namespace switchyard::runtime

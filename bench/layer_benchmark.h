@@ -9,7 +9,7 @@
 
 #include "core/config.h"
 
-namespace switchyard::modules {
+namespace switchyard::bench {
 
 struct LayerBenchOptions {
   std::string preset = "mixtral_like";  ///< mixtral_like or deepseek_like
@@ -41,4 +41,4 @@ void run_layer_benchmark(const LayerBenchOptions& options);
 double check_against_reference(const core::Config& config, const torch::Device& device, torch::Dtype dtype,
                                int64_t tokens);
 
-}  // namespace switchyard::modules
+}  // namespace switchyard::bench

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-namespace switchyard::parallel {
+namespace switchyard::bench {
 
 struct AlltoallBenchOptions {
   std::vector<int64_t> bytes_per_peer = {65536, 1 << 20, 4 << 20, 16 << 20};
@@ -24,4 +24,4 @@ struct AlltoallBenchOptions {
 /// bandwidths as nccl-tests defines them for all-to-all.
 void run_alltoall_benchmark(const AlltoallBenchOptions& options);
 
-}  // namespace switchyard::parallel
+}  // namespace switchyard::bench

@@ -3,9 +3,9 @@
 
 #include <ATen/autocast_mode.h>
 
-#include "modules/torch_version.h"
+#include "runtime/torch_version.h"
 
-namespace switchyard::modules {
+namespace switchyard::runtime {
 
 /// Whether CUDA autocast is on in this thread.
 inline bool cuda_autocast_enabled() {
@@ -43,4 +43,4 @@ class Bf16Autocast {
   bool on_;
 };
 
-}  // namespace switchyard::modules
+}  // namespace switchyard::runtime

@@ -1,5 +1,5 @@
 // All-to-all benchmark: the raw library call vs our flat and hierarchical exchanges, same bytes, same run.
-#include "parallel/alltoall_benchmark.h"
+#include "bench/alltoall_benchmark.h"
 
 #include <mpi.h>
 
@@ -13,7 +13,8 @@
 #include "parallel/process_groups.h"
 #include "parallel/run_world.h"
 
-namespace switchyard::parallel {
+namespace switchyard::bench {
+using namespace parallel;  // NOLINT: the benchmark drives the exchange's types throughout
 namespace {
 
 double median_ms(std::vector<double> v) {
@@ -114,4 +115,4 @@ void run_alltoall_benchmark(const AlltoallBenchOptions& options) {
   }
 }
 
-}  // namespace switchyard::parallel
+}  // namespace switchyard::bench

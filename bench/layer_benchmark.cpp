@@ -1,6 +1,6 @@
 // The MoE layer benchmark: the peer's shapes, routing (softmax top-k, renormalized, dropless) and
 // FLOP count (useful work: 2 T (k 3 d F + 3 d F_shared + d E) forward, 3x that forward+backward).
-#include "modules/layer_benchmark.h"
+#include "bench/layer_benchmark.h"
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -16,14 +16,15 @@
 #include "core/build_info.h"
 #include "core/error.h"
 #include "modules/moe_layer.h"
-#include "modules/profiler.h"
+#include "runtime/profiler.h"
 
 #if SWITCHYARD_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
-namespace switchyard::modules {
+namespace switchyard::bench {
+using namespace modules;  // NOLINT: the benchmark drives the layer's types throughout
 namespace {
 
 struct Preset {
@@ -179,7 +180,7 @@ void run_layer_benchmark(const LayerBenchOptions& options) {
       check, options.reset_grads ? "reset" : "accumulate");
   std::fflush(stdout);
   if (!options.profile_path.empty()) {
-    KinetoTrace trace(device);
+    runtime::KinetoTrace trace(device);
     for (int i = 0; i < options.profile_iters; ++i) {  // fenced as the timed runs are: their gaps show
       fwdbwd();
       synchronize(device);
@@ -191,4 +192,4 @@ void run_layer_benchmark(const LayerBenchOptions& options) {
               " (relative L2; limit ", check_limit, ")");
 }
 
-}  // namespace switchyard::modules
+}  // namespace switchyard::bench
