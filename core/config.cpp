@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/router_traits.h"
 
 namespace switchyard::core {
 namespace {
@@ -379,23 +380,22 @@ void Config::validate() const {
               "model.moe.router.k_max: must be <= model.moe.num_experts (" + std::to_string(moe.num_experts) +
                   "), got " + std::to_string(moe.router.k_max));
       break;
-    case RouterKind::kExpertChoice:
-      require(moe.capacity_factor > 0,
-              "model.moe.capacity_factor: expert_choice needs a capacity (> 0), got " +
-                  format_double(moe.capacity_factor));
-      break;
     default:
       break;
   }
-  require(moe.null_experts == 0 || moe.router.kind == RouterKind::kTopK ||
-              moe.router.kind == RouterKind::kNoisyTopK || moe.router.kind == RouterKind::kSigmoidBias,
-          "model.moe.null_experts: only topk, noisy_topk and sigmoid_bias routers can choose null experts, "
-          "got router.kind " + std::string(enum_name(moe.router.kind)));
-  require(losses.load_balance_scope == BalanceScope::kMicroBatch || moe.router.kind != RouterKind::kBilevel,
-          "losses.load_balance_scope: global_batch is not available for router.kind bilevel (its two-level "
-          "balance is per micro-batch); use micro_batch");
-  require(losses.contrastive == 0 || moe.router.kind == RouterKind::kCosine,
-          "losses.contrastive: needs model.moe.router.kind cosine, got " + std::string(enum_name(moe.router.kind)));
+  const auto& traits = router_traits(moe.router.kind);
+  require(!traits.own_capacity || moe.capacity_factor > 0,
+          "model.moe.capacity_factor: " + std::string(enum_name(moe.router.kind)) + " needs a capacity (> 0), got " +
+              format_double(moe.capacity_factor));
+  require(moe.null_experts == 0 || traits.chooses_null_experts,
+          "model.moe.null_experts: only " + router_kinds_where([](const RouterTraits& t) { return t.chooses_null_experts; }) +
+              " routers can choose null experts, got router.kind " + std::string(enum_name(moe.router.kind)));
+  require(losses.load_balance_scope == BalanceScope::kMicroBatch || traits.balance_loss != BalanceLoss::kBilevel,
+          "losses.load_balance_scope: global_batch is not available for router.kind " +
+              std::string(enum_name(moe.router.kind)) + " (its two-level balance is per micro-batch); use micro_batch");
+  require(losses.contrastive == 0 || traits.prototypes,
+          "losses.contrastive: needs model.moe.router.kind " + router_kinds_where([](const RouterTraits& t) { return t.prototypes; }) +
+              ", got " + std::string(enum_name(moe.router.kind)));
   require(train.global_batch % train.micro_batch == 0,
           "train.global_batch: must be a multiple of train.micro_batch (" + std::to_string(train.micro_batch) +
               "), got " + std::to_string(train.global_batch));

@@ -5,11 +5,12 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/router_traits.h"
 #include "losses/routing_losses.h"
-#include "runtime/autocast.h"
 #include "modules/counter_rng.h"
 #include "modules/recompute.h"
 #include "modules/side_stream.h"
+#include "runtime/autocast.h"
 
 namespace switchyard::modules {
 namespace {
@@ -20,19 +21,16 @@ constexpr uint64_t kRoutingNoiseStream = 0x726f757465ULL;
 }  // namespace
 
 bool every_slot_routed(const core::MoEConfig& moe) {
-  using core::RouterKind;
-  const auto kind = moe.router.kind;
-  return moe.capacity_factor <= 0 && moe.null_experts == 0 &&
-         (kind == RouterKind::kTopK || kind == RouterKind::kSigmoidBias || kind == RouterKind::kNoisyTopK ||
-          kind == RouterKind::kHash || kind == RouterKind::kRandom || kind == RouterKind::kCosine);
+  return moe.capacity_factor <= 0 && moe.null_experts == 0 && core::router_traits(moe.router.kind).every_slot_an_expert;
 }
 
 int64_t routing_slots(const core::MoEConfig& moe) {
-  switch (moe.router.kind) {
-    case core::RouterKind::kTopP: return moe.router.k_max;
-    case core::RouterKind::kExpertChoice: return moe.num_experts + moe.null_experts;
-    default: return moe.top_k;
+  switch (core::router_traits(moe.router.kind).slots) {
+    case core::SlotWidth::kKMax: return moe.router.k_max;
+    case core::SlotWidth::kAllChoices: return moe.num_experts + moe.null_experts;
+    case core::SlotWidth::kTopK: break;
   }
+  return moe.top_k;
 }
 
 torch::Tensor MoEStats::routed_experts(int64_t num_experts) const {
@@ -133,10 +131,11 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& toke
   const auto shared_y = shared ? shared->forward(xb) : torch::Tensor();
   const auto flat = [](const torch::Tensor& t) { return t.defined() ? t.reshape({-1}) : t; };
   Routing routing = router->forward(xb, {flat(tokens.ids), flat(tokens.counters)});
+  const auto& traits = core::router_traits(config_.router.kind);
   if (every_slot_routed(config_)) {  // known on the host: no kernels before the exchange for them
     out.stats.routed_slots = torch::scalar_tensor(num_tokens * routing.expert_idx.size(1), torch::kInt64);
     out.stats.dropped_slots = torch::zeros({}, torch::kInt64);
-  } else if (config_.router.kind == core::RouterKind::kExpertChoice) {
+  } else if (traits.own_capacity) {
     // Experts chose tokens: a token no expert took lost its k nominal slots.
     out.stats.routed_slots = torch::scalar_tensor(num_tokens * config_.top_k, torch::kInt64);
     out.stats.dropped_slots = routing.expert_idx.ge(0).any(1).logical_not().sum() * config_.top_k;
@@ -146,9 +145,9 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& toke
   }
 
   // Capacity (expert_choice applies its own inside the router).
-  if (config_.router.kind != core::RouterKind::kExpertChoice && config_.capacity_factor > 0) {
+  if (!traits.own_capacity && config_.capacity_factor > 0) {
     int64_t capacity = expert_capacity(config_.capacity_factor, config_.top_k, num_tokens, num_experts);
-    if (config_.router.kind == core::RouterKind::kGrap) {
+    if (traits.locmoe_capacity) {
       out.stats.capacity_min = locmoe_min_capacity(config_.router.grap_delta, d_model_, num_experts);
       capacity = std::max<int64_t>(capacity, static_cast<int64_t>(std::ceil(out.stats.capacity_min)));
     }
@@ -182,13 +181,13 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& toke
   const int64_t num_choices = router->num_choices();
   const auto counts = losses::expert_slot_counts(routing.expert_idx, num_choices);
   if (routing.learned) {
-    if (config_.router.kind == core::RouterKind::kBilevel) {
+    if (traits.balance_loss == core::BalanceLoss::kBilevel) {
       if (loss_config_.load_balance > 0 || loss_config_.node_balance > 0) {
         out.losses["load_balance"] = losses::bilevel_balance_loss(routing.node_probs, routing.node_idx,
                                                                   routing.local_probs, routing.local_idx,
                                                                   loss_config_.node_balance, loss_config_.load_balance);
       }
-    } else if (loss_config_.load_balance > 0 && config_.router.kind != core::RouterKind::kExpertChoice) {
+    } else if (loss_config_.load_balance > 0 && traits.balance_loss == core::BalanceLoss::kTokenChoice) {
       const auto scope_counts =
           step_counts_.defined() ? step_counts_.to(counts.device(), counts.scalar_type()) : count_reducer_ ? count_reducer_(counts) : counts;
       out.losses["load_balance"] = losses::load_balance_loss(routing.probs, scope_counts, loss_config_.load_balance);

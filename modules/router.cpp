@@ -1,4 +1,4 @@
-// Router implementations, capacity and the LocMoE capacity bound.
+// Routers by family (core/router_traits.h), their fp32 logits, and capacity.
 #include "modules/router.h"
 
 
@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/router_traits.h"
 #include "losses/routing_losses.h"
 #include "modules/counter_rng.h"
 #include "modules/moe_kernels.h"
@@ -118,7 +119,7 @@ RouterImpl::RouterImpl(const core::MoEConfig& config, int64_t d_model, double in
     }
     case RouterKind::kGrap:
       SY_ASSERT(d_model % config.num_experts == 0, "Config::validate admits grap only where num_experts divides d_model");
-      bias_ = register_parameter("eps", torch::zeros({num_choices_}));
+      eps_ = register_parameter("eps", torch::zeros({num_choices_}));
       break;
     case RouterKind::kHash:
     case RouterKind::kRandom:
@@ -137,153 +138,153 @@ Routing RouterImpl::top_k_of(const torch::Tensor& logits, int64_t k) const {
   return r;
 }
 
-Routing RouterImpl::forward(const torch::Tensor& x_in, const TokenInfo& tokens) {
-  using core::RouterKind;
+torch::Tensor RouterImpl::token_counters(const torch::Tensor& x, const TokenInfo& tokens) const {
+  const int64_t num_tokens = x.size(0);
+  if (!tokens.counters.defined()) return torch::arange(num_tokens, torch::dtype(torch::kInt64).device(x.device()));
+  SY_CHECK(tokens.counters.numel() == num_tokens, "router: ", tokens.counters.numel(), " token counters for ", num_tokens,
+           " tokens");
+  return tokens.counters.reshape({-1}).to(x.device(), torch::kInt64);
+}
+
+Routing RouterImpl::forward(const torch::Tensor& x, const TokenInfo& tokens) {
   // Router math stays in fp32 under bf16 autocast: autocast would run these matmuls in bf16.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  SY_CHECK(x_in.dim() == 2 && x_in.size(1) == d_model_, "router: expected x [T, ", d_model_, "], got ", x_in.sizes());
-  const int64_t num_tokens = x_in.size(0);
-  const int64_t k = config_.top_k;
-  // fp32 (double stays double); the routers with a linear gate take x as it is (router_logits).
-  const auto float_options = x_in.options().dtype(x_in.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat32);
-  const auto f32 = [&](const torch::Tensor& t) { return t.to(float_options.dtype()); };
-  const auto logits_of = [&](const torch::Tensor& w) { return router_logits(x_in, w); };
-  const auto counters = [&] {
-    if (!tokens.counters.defined()) return torch::arange(num_tokens, torch::dtype(torch::kInt64).device(x_in.device()));
-    SY_CHECK(tokens.counters.numel() == num_tokens, "router: ", tokens.counters.numel(), " token counters for ",
-             num_tokens, " tokens");
-    return tokens.counters.reshape({-1}).to(x_in.device(), torch::kInt64);
-  };
+  SY_CHECK(x.dim() == 2 && x.size(1) == d_model_, "router: expected x [T, ", d_model_, "], got ", x.sizes());
+  Routing r;
+  switch (core::router_traits(config_.router.kind).family) {
+    case core::RouterFamily::kSoftmaxTopK: r = route_softmax_topk(x, tokens); break;
+    case core::RouterFamily::kSigmoidBias: r = route_sigmoid_bias(x); break;
+    case core::RouterFamily::kExpertChoice: r = route_expert_choice(x); break;
+    case core::RouterFamily::kTopP: r = route_top_p(x); break;
+    case core::RouterFamily::kFixed: r = route_fixed(x, tokens); break;
+    case core::RouterFamily::kBilevel: r = route_bilevel(x); break;
+  }
+  r.learned = core::router_traits(config_.router.kind).learned;
+  return r;
+}
 
+Routing RouterImpl::route_softmax_topk(const torch::Tensor& x, const TokenInfo& tokens) {
+  const auto f32 = [&](const torch::Tensor& t) { return t.to(losses::at_least_fp32(x).scalar_type()); };
   switch (config_.router.kind) {
-    case RouterKind::kTopK:
-      return top_k_of(logits_of(weight_), k);
-
-    case RouterKind::kNoisyTopK: {
-      auto logits = logits_of(weight_);
+    case core::RouterKind::kNoisyTopK: {
+      auto logits = router_logits(x, weight_);
       if (is_training()) {
-        const auto noise = counter_normal(noise_key_, counters(), num_choices_).to(logits.scalar_type());
-        logits = logits + F::softplus(logits_of(noise_weight_)) * noise;
+        const auto noise = counter_normal(noise_key_, token_counters(x, tokens), num_choices_).to(logits.scalar_type());
+        logits = logits + F::softplus(router_logits(x, noise_weight_)) * noise;
       }
-      return top_k_of(logits, k);
+      return top_k_of(logits, config_.top_k);
     }
-
-    case RouterKind::kSigmoidBias: {
-      Routing r;
-      const auto logits = logits_of(weight_);
-      const auto scores = torch::sigmoid(logits);
-      const auto selected = (scores.detach() + bias_.to(scores.device())).topk(k, -1);
-      r.expert_idx = std::get<1>(selected);
-      r.gates = renormalize(scores.gather(1, r.expert_idx));
-      r.probs = scores / scores.sum(-1, true);
-      r.z_logits = {logits};
-      return r;
-    }
-
-    case RouterKind::kExpertChoice: {
-      Routing r;
-      const auto logits = logits_of(weight_);
-      r.probs = torch::softmax(logits, -1);
-      r.z_logits = {logits};
-      const int64_t capacity =
-          std::min<int64_t>(num_tokens, expert_capacity(config_.capacity_factor, k, num_tokens, num_choices_));
-      // Each expert takes its top-capacity tokens; a token may end up with 0..E experts.
-      const auto chosen = std::get<1>(r.probs.detach().t().topk(capacity, -1));  // [E, C] token indices
-      auto mask = torch::zeros({num_choices_, num_tokens}, torch::dtype(torch::kBool).device(x_in.device()));
-      mask.scatter_(1, chosen, true);
-      mask = mask.t();  // [T, E]
-      const auto expert_ids = torch::arange(num_choices_, torch::dtype(torch::kInt64).device(x_in.device()))
-                                  .unsqueeze(0).expand({num_tokens, num_choices_});
-      r.expert_idx = torch::where(mask, expert_ids, torch::full_like(expert_ids, -1));
-      r.gates = r.probs * mask.to(r.probs.scalar_type());
-      return r;
-    }
-
-    case RouterKind::kTopP: {
-      Routing r;
-      const auto logits = logits_of(weight_);
-      r.probs = torch::softmax(logits, -1);
-      r.z_logits = {logits};
-      const int64_t k_max = config_.router.k_max;
-      auto [sorted_p, sorted_idx] = r.probs.sort(-1, /*descending=*/true);
-      sorted_p = sorted_p.narrow(1, 0, k_max);
-      sorted_idx = sorted_idx.narrow(1, 0, k_max);
-      // Keep slot j while the mass before it is below the threshold: the smallest set reaching it.
-      const auto mass_before = sorted_p.detach().cumsum(-1) - sorted_p.detach();
-      const auto keep = mass_before < config_.router.top_p_threshold;
-      r.expert_idx = torch::where(keep, sorted_idx, torch::full_like(sorted_idx, -1));
-      const auto gates = sorted_p * keep.to(sorted_p.scalar_type());
-      r.gates = config_.router.normalize_topk ? renormalize(gates) : gates;
-      return r;
-    }
-
-    case RouterKind::kHash: {
-      const auto& token_ids = tokens.ids;
-      SY_CHECK(token_ids.defined() && token_ids.numel() == num_tokens,
-               "router: the hash router needs the token ids of its ", num_tokens, " tokens");
-      Routing r;
-      r.learned = false;
-      // Knuth's multiplicative hash, high bits: deterministic in the token id alone.
-      const auto ids = token_ids.to(x_in.device(), torch::kInt64).reshape({num_tokens, 1});
-      const auto h = (ids * int64_t{2654435761}).bitwise_and(int64_t{0xffffffff}).div(int64_t{256}, "floor");
-      const auto offsets = torch::arange(k, ids.options()).unsqueeze(0);
-      r.expert_idx = (h + offsets).remainder(config_.num_experts);
-      r.gates = torch::full({num_tokens, k}, 1.0 / k, float_options);
-      r.probs = torch::zeros({num_tokens, num_choices_}, float_options).scatter_add(1, r.expert_idx, r.gates);
-      return r;
-    }
-
-    case RouterKind::kRandom: {
-      Routing r;
-      r.learned = false;
-      // Uniform per (token counter, expert), 53 random bits: ties have probability ~E^2 2^-54.
-      const auto noise = counter_uniform(noise_key_, counters(), config_.num_experts);
-      r.expert_idx = std::get<1>(noise.topk(k, -1));
-      r.gates = torch::full({num_tokens, k}, 1.0 / k, float_options);
-      r.probs = torch::zeros({num_tokens, num_choices_}, float_options).scatter_add(1, r.expert_idx, r.gates);
-      return r;
-    }
-
-    case RouterKind::kCosine: {
-      const auto x = losses::at_least_fp32(x_in);
-      const auto h = projection_.defined() ? x.matmul(f32(projection_).t()) : x;
+    case core::RouterKind::kCosine: {
+      const auto x32 = losses::at_least_fp32(x);
+      const auto h = projection_.defined() ? x32.matmul(f32(projection_).t()) : x32;
       const auto logits = config_.router.cosine_scale * normalize_rows(h).matmul(normalize_rows(f32(prototypes_)).t());
-      Routing r = top_k_of(logits, k);
+      Routing r = top_k_of(logits, config_.top_k);
       r.projected = h;
       return r;
     }
-
-    case RouterKind::kBilevel: {
-      Routing r;
-      const int64_t per_group = config_.num_experts / config_.router.groups;
-      const auto node_logits = logits_of(node_weight_);
-      const auto local_logits = logits_of(local_weight_);
-      r.node_probs = torch::softmax(node_logits, -1);
-      r.local_probs = torch::softmax(local_logits, -1);
-      auto [node_p, node_idx] = r.node_probs.topk(1, -1);  // [T, 1]
-      auto [local_p, local_idx] = r.local_probs.topk(k, -1);
-      if (config_.router.normalize_topk && k > 1) local_p = renormalize(local_p);
-      r.node_idx = node_idx;
-      r.local_idx = local_idx;
-      r.expert_idx = node_idx * per_group + local_idx;
-      r.gates = node_p * local_p;
-      // The joint distribution over all E experts: p(group) * p(position in group).
-      r.probs = (r.node_probs.unsqueeze(2) * r.local_probs.unsqueeze(1)).reshape({num_tokens, config_.num_experts});
-      r.z_logits = {node_logits, local_logits};
-      return r;
-    }
-
-    case RouterKind::kGrap: {
+    case core::RouterKind::kGrap: {
       // Fixed orthogonal gate: w_i = E/d on channels [i d/E, (i+1) d/E), so w_i . x is the mean of
       // that channel block. Only eps_i is learned.
-      const int64_t block = d_model_ / config_.num_experts;
-      auto logits = F::relu(losses::at_least_fp32(x_in).reshape({num_tokens, config_.num_experts, block}).mean(-1) +
-                            f32(bias_).narrow(0, 0, config_.num_experts));
-      return top_k_of(logits, k);
+      const int64_t E = config_.num_experts, block = d_model_ / E;
+      const auto means = losses::at_least_fp32(x).reshape({x.size(0), E, block}).mean(-1);
+      return top_k_of(F::relu(means + f32(eps_).narrow(0, 0, E)), config_.top_k);
     }
+    default:
+      return top_k_of(router_logits(x, weight_), config_.top_k);
   }
-  SY_ASSERT(false, "unhandled router kind");
-  return {};
+}
+
+Routing RouterImpl::route_sigmoid_bias(const torch::Tensor& x) {
+  Routing r;
+  const auto logits = router_logits(x, weight_);
+  const auto scores = torch::sigmoid(logits);
+  const auto selected = (scores.detach() + bias_.to(scores.device())).topk(config_.top_k, -1);
+  r.expert_idx = std::get<1>(selected);
+  r.gates = renormalize(scores.gather(1, r.expert_idx));
+  r.probs = scores / scores.sum(-1, true);
+  r.z_logits = {logits};
+  return r;
+}
+
+Routing RouterImpl::route_expert_choice(const torch::Tensor& x) {
+  Routing r;
+  const int64_t num_tokens = x.size(0);
+  const auto logits = router_logits(x, weight_);
+  r.probs = torch::softmax(logits, -1);
+  r.z_logits = {logits};
+  const int64_t capacity =
+      std::min<int64_t>(num_tokens, expert_capacity(config_.capacity_factor, config_.top_k, num_tokens, num_choices_));
+  // Each expert takes its top-capacity tokens; a token may end up with 0..E experts.
+  const auto chosen = std::get<1>(r.probs.detach().t().topk(capacity, -1));  // [E, C] token indices
+  auto mask = torch::zeros({num_choices_, num_tokens}, torch::dtype(torch::kBool).device(x.device()));
+  mask.scatter_(1, chosen, true);
+  mask = mask.t();  // [T, E]
+  const auto expert_ids = torch::arange(num_choices_, torch::dtype(torch::kInt64).device(x.device()))
+                              .unsqueeze(0)
+                              .expand({num_tokens, num_choices_});
+  r.expert_idx = torch::where(mask, expert_ids, torch::full_like(expert_ids, -1));
+  r.gates = r.probs * mask.to(r.probs.scalar_type());
+  return r;
+}
+
+Routing RouterImpl::route_top_p(const torch::Tensor& x) {
+  Routing r;
+  const auto logits = router_logits(x, weight_);
+  r.probs = torch::softmax(logits, -1);
+  r.z_logits = {logits};
+  const int64_t k_max = config_.router.k_max;
+  auto [sorted_p, sorted_idx] = r.probs.sort(-1, /*descending=*/true);
+  sorted_p = sorted_p.narrow(1, 0, k_max);
+  sorted_idx = sorted_idx.narrow(1, 0, k_max);
+  // Keep slot j while the mass before it is below the threshold: the smallest set reaching it.
+  const auto mass_before = sorted_p.detach().cumsum(-1) - sorted_p.detach();
+  const auto keep = mass_before < config_.router.top_p_threshold;
+  r.expert_idx = torch::where(keep, sorted_idx, torch::full_like(sorted_idx, -1));
+  const auto gates = sorted_p * keep.to(sorted_p.scalar_type());
+  r.gates = config_.router.normalize_topk ? renormalize(gates) : gates;
+  return r;
+}
+
+Routing RouterImpl::route_fixed(const torch::Tensor& x, const TokenInfo& tokens) {
+  const int64_t num_tokens = x.size(0), k = config_.top_k;
+  const auto float_options = x.options().dtype(x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat32);
+  Routing r;
+  if (config_.router.kind == core::RouterKind::kHash) {
+    SY_CHECK(tokens.ids.defined() && tokens.ids.numel() == num_tokens,
+             "router: the hash router needs the token ids of its ", num_tokens, " tokens");
+    // Knuth's multiplicative hash, high bits: deterministic in the token id alone.
+    const auto ids = tokens.ids.to(x.device(), torch::kInt64).reshape({num_tokens, 1});
+    const auto h = (ids * int64_t{2654435761}).bitwise_and(int64_t{0xffffffff}).div(int64_t{256}, "floor");
+    const auto offsets = torch::arange(k, ids.options()).unsqueeze(0);
+    r.expert_idx = (h + offsets).remainder(config_.num_experts);
+  } else {
+    // Uniform per (token counter, expert), 53 random bits: ties have probability ~E^2 2^-54.
+    const auto noise = counter_uniform(noise_key_, token_counters(x, tokens), config_.num_experts);
+    r.expert_idx = std::get<1>(noise.topk(k, -1));
+  }
+  r.gates = torch::full({num_tokens, k}, 1.0 / k, float_options);
+  r.probs = torch::zeros({num_tokens, num_choices_}, float_options).scatter_add(1, r.expert_idx, r.gates);
+  return r;
+}
+
+Routing RouterImpl::route_bilevel(const torch::Tensor& x) {
+  Routing r;
+  const int64_t k = config_.top_k, per_group = config_.num_experts / config_.router.groups;
+  const auto node_logits = router_logits(x, node_weight_);
+  const auto local_logits = router_logits(x, local_weight_);
+  r.node_probs = torch::softmax(node_logits, -1);
+  r.local_probs = torch::softmax(local_logits, -1);
+  auto [node_p, node_idx] = r.node_probs.topk(1, -1);  // [T, 1]
+  auto [local_p, local_idx] = r.local_probs.topk(k, -1);
+  if (config_.router.normalize_topk && k > 1) local_p = renormalize(local_p);
+  r.node_idx = node_idx;
+  r.local_idx = local_idx;
+  r.expert_idx = node_idx * per_group + local_idx;
+  r.gates = node_p * local_p;
+  // The joint distribution over all E experts: p(group) * p(position in group).
+  r.probs = (r.node_probs.unsqueeze(2) * r.local_probs.unsqueeze(1)).reshape({x.size(0), config_.num_experts});
+  r.z_logits = {node_logits, local_logits};
+  return r;
 }
 
 void RouterImpl::update_bias(const torch::Tensor& global_load) {
@@ -298,42 +299,6 @@ int64_t expert_capacity(double capacity_factor, int64_t top_k, int64_t num_token
   if (capacity_factor <= 0) return -1;
   return static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(top_k * num_tokens) /
                                         static_cast<double>(num_experts)));
-}
-
-double regularized_incomplete_beta(double x, double a, double b) {
-  SY_CHECK(x >= 0 && x <= 1 && a > 0 && b > 0, "regularized_incomplete_beta: bad arguments x=", x, " a=", a, " b=", b);
-  if (x == 0 || x == 1) return x;
-  const double log_front = std::lgamma(a + b) - std::lgamma(a) - std::lgamma(b) + a * std::log(x) + b * std::log1p(-x);
-  // The continued fraction converges fast for x < (a + 1) / (a + b + 2); use symmetry otherwise.
-  if (x > (a + 1) / (a + b + 2)) return 1.0 - regularized_incomplete_beta(1 - x, b, a);
-  const double tiny = 1e-300;
-  double c = 1, d = 1 - (a + b) * x / (a + 1);
-  d = 1 / (std::fabs(d) < tiny ? tiny : d);
-  double h = d;
-  for (int m = 1; m <= 10000; ++m) {
-    const double m2 = 2.0 * m;
-    double aa = m * (b - m) * x / ((a + m2 - 1) * (a + m2));
-    d = 1 + aa * d;
-    d = 1 / (std::fabs(d) < tiny ? tiny : d);
-    c = 1 + aa / c;
-    c = std::fabs(c) < tiny ? tiny : c;
-    h *= d * c;
-    aa = -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1));
-    d = 1 + aa * d;
-    d = 1 / (std::fabs(d) < tiny ? tiny : d);
-    c = 1 + aa / c;
-    c = std::fabs(c) < tiny ? tiny : c;
-    const double delta = d * c;
-    h *= delta;
-    if (std::fabs(delta - 1) < 1e-15) break;
-  }
-  return std::exp(log_front) * h / a;
-}
-
-double locmoe_min_capacity(double delta, int64_t d_model, int64_t num_experts) {
-  const double p_delta =
-      1.0 - regularized_incomplete_beta(delta * delta, 0.5, (static_cast<double>(d_model) - 1.0) / 2.0);
-  return 1.0 / (static_cast<double>(num_experts) * p_delta);
 }
 
 torch::Tensor apply_capacity(Routing& routing, int64_t capacity, int64_t num_experts, core::DropPolicy policy) {

@@ -53,10 +53,20 @@ class RouterImpl : public torch::nn::Module {
   core::RouterKind kind() const { return config_.router.kind; }
   /// cosine: the expert prototypes [E + null, d'].
   const torch::Tensor& prototypes() const { return prototypes_; }
+  /// sigmoid_bias: the load-following selection bias [E + null].
   const torch::Tensor& bias() const { return bias_; }
 
  private:
+  // One function per family (core::RouterFamily); x [T, d].
+  Routing route_softmax_topk(const torch::Tensor& x, const TokenInfo& tokens);
+  Routing route_sigmoid_bias(const torch::Tensor& x);
+  Routing route_expert_choice(const torch::Tensor& x);
+  Routing route_top_p(const torch::Tensor& x);
+  Routing route_fixed(const torch::Tensor& x, const TokenInfo& tokens);
+  Routing route_bilevel(const torch::Tensor& x);
   Routing top_k_of(const torch::Tensor& logits, int64_t k) const;
+  /// Each token's run-wide counter (TokenInfo::counters, or 0..T-1) on x's device.
+  torch::Tensor token_counters(const torch::Tensor& x, const TokenInfo& tokens) const;
 
   core::MoEConfig config_;
   int64_t d_model_;
@@ -64,7 +74,8 @@ class RouterImpl : public torch::nn::Module {
   uint64_t noise_key_;
   torch::Tensor weight_;        ///< [E + null, d] (topk, noisy_topk, sigmoid_bias, expert_choice, top_p)
   torch::Tensor noise_weight_;  ///< [E + null, d] noisy_topk
-  torch::Tensor bias_;          ///< [E + null] sigmoid_bias (buffer) or grap eps (parameter)
+  torch::Tensor bias_;          ///< [E + null] sigmoid_bias: the selection bias (buffer)
+  torch::Tensor eps_;           ///< [E + null] grap: the learned offsets of the fixed gate (parameter)
   torch::Tensor prototypes_;    ///< cosine
   torch::Tensor projection_;    ///< cosine with cosine_dim > 0: [d', d]
   torch::Tensor node_weight_;   ///< bilevel [groups, d]

@@ -27,6 +27,7 @@
 #include "core/fault_injection.h"
 #include "core/file_io.h"
 #include "core/logging.h"
+#include "core/router_traits.h"
 #include "runtime/autocast.h"
 #include "runtime/profiler.h"
 #include "runtime/torch_version.h"
@@ -406,7 +407,7 @@ void Trainer::apply_update(StepResult& r) {
   const bool clip = config_.train.grad_clip > 0 && r.grad_norm > config_.train.grad_clip;
   optimizer_->step(learning_rate(config_.train, step), clip ? config_.train.grad_clip / (r.grad_norm + 1e-6) : 1.0);
   // The aux-loss-free bias moves with the global loads (all ranks' tokens).
-  if (config_.model.moe.router.kind == core::RouterKind::kSigmoidBias) {
+  if (core::router_traits(config_.model.moe.router.kind).bias_update) {
     size_t i = 0;
     for (auto& layer : model_->moe_layers())
       if (!layer.is_empty()) layer->router->update_bias(r.loads.at(i++));

@@ -7,6 +7,8 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/router_traits.h"
+#include "modules/moe_layer.h"
 #include "modules/counter_rng.h"
 
 namespace switchyard::modules {
@@ -27,6 +29,34 @@ void set_param(torch::nn::Module& m, const std::string& name, const torch::Tenso
   auto params = m.named_parameters();
   ASSERT_TRUE(params.contains(name)) << name;
   params[name].copy_(value);
+}
+
+TEST(RouterTraits, EveryRouterDoesWhatItsTraitsSay) {
+  // The one table (core/router_traits.h) against the routers: the slot width the layer and the
+  // traces size for, whether a loss can move the router, whether every slot names an expert.
+  for (RouterKind kind : {RouterKind::kTopK, RouterKind::kSigmoidBias, RouterKind::kNoisyTopK, RouterKind::kExpertChoice,
+                          RouterKind::kTopP, RouterKind::kHash, RouterKind::kRandom, RouterKind::kCosine,
+                          RouterKind::kBilevel, RouterKind::kGrap}) {
+    auto c = moe_config(kind, 8, 2);
+    c.capacity_factor = kind == RouterKind::kExpertChoice ? 1.0 : 0.0;
+    c.router.groups = 2;
+    c.router.k_max = 3;
+    const auto& traits = core::router_traits(kind);
+    torch::manual_seed(5);
+    Router r(c, 16, 0.5);
+    const auto x = torch::randn({24, 16});
+    const auto ids = torch::arange(24, torch::kInt64);
+    const auto out = r->forward(x, {ids, ids});
+    const std::string what = core::enum_name(kind);
+    EXPECT_EQ(out.expert_idx.size(1), routing_slots(c)) << what;
+    EXPECT_EQ(out.learned, traits.learned) << what;
+    if (traits.every_slot_an_expert) {
+      EXPECT_TRUE(out.expert_idx.ge(0).all().item<bool>()) << what;
+      EXPECT_TRUE(every_slot_routed(c)) << what;
+    }
+    EXPECT_EQ(traits.bias_update, r->bias().defined()) << what;
+    EXPECT_EQ(traits.prototypes, r->prototypes().defined()) << what;
+  }
 }
 
 TEST(TopKRouter, PicksLargestAndRenormalizes) {
