@@ -115,6 +115,43 @@ torch::Tensor MoELayerImpl::routed_experts_overlapped(const torch::Tensor& x, co
   return torch::cat(y, 0);
 }
 
+void MoELayerImpl::add_routing_losses(const Routing& routing, const torch::Tensor& counts, const torch::Tensor& x_in,
+                                      MoEOutput& out) const {
+  // Each weighted by its coefficient; zero coefficients are skipped.
+  const auto& traits = core::router_traits(config_.router.kind);
+  const int64_t num_choices = router->num_choices();
+  if (traits.balance_loss == core::BalanceLoss::kBilevel) {
+    if (loss_config_.load_balance > 0 || loss_config_.node_balance > 0) {
+      out.losses["load_balance"] = losses::bilevel_balance_loss(routing.node_probs, routing.node_idx,
+                                                                routing.local_probs, routing.local_idx,
+                                                                loss_config_.node_balance, loss_config_.load_balance);
+    }
+  } else if (loss_config_.load_balance > 0 && traits.balance_loss == core::BalanceLoss::kTokenChoice) {
+    const auto scope_counts =
+        step_counts_.defined() ? step_counts_.to(counts.device(), counts.scalar_type()) : count_reducer_ ? count_reducer_(counts) : counts;
+    out.losses["load_balance"] = losses::load_balance_loss(routing.probs, scope_counts, loss_config_.load_balance);
+  }
+  if (loss_config_.seq_balance > 0 && x_in.dim() == 3) {
+    const int64_t batch = x_in.size(0), seq = x_in.size(1);
+    out.losses["seq_balance"] = losses::sequence_balance_loss(
+        routing.probs.reshape({batch, seq, num_choices}), routing.expert_idx.reshape({batch, seq, routing.expert_idx.size(1)}),
+        loss_config_.seq_balance);
+  }
+  if (loss_config_.z_loss > 0) {
+    auto z = losses::z_loss(routing.z_logits.at(0), loss_config_.z_loss);
+    for (size_t i = 1; i < routing.z_logits.size(); ++i) z = z + losses::z_loss(routing.z_logits[i], loss_config_.z_loss);
+    out.losses["z_loss"] = z;
+  }
+  if (loss_config_.contrastive > 0) {
+    out.losses["contrastive"] = losses::contrastive_loss(router->prototypes(), routing.projected, routing.expert_idx,
+                                                         loss_config_.contrastive_tau, loss_config_.contrastive);
+  }
+  if (loss_config_.locality > 0) {
+    auto mask = local_mask_.defined() ? local_mask_ : torch::ones({num_choices}, torch::kBool);
+    out.losses["locality"] = losses::locality_loss(routing.probs, mask, loss_config_.locality_eps, loss_config_.locality);
+  }
+}
+
 MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& tokens) {
   SY_CHECK(x_in.size(-1) == d_model_, "moe layer: expected last dimension ", d_model_, ", got ", x_in.sizes());
   const auto x = x_in.reshape({-1, d_model_});
@@ -177,41 +214,8 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_in, const TokenInfo& toke
   if (shared) y = y + shared_y;
   out.y = y.reshape(x_in.sizes());
 
-  // Losses, each weighted by its coefficient; zero coefficients are skipped.
-  const int64_t num_choices = router->num_choices();
-  const auto counts = losses::expert_slot_counts(routing.expert_idx, num_choices);
-  if (routing.learned) {
-    if (traits.balance_loss == core::BalanceLoss::kBilevel) {
-      if (loss_config_.load_balance > 0 || loss_config_.node_balance > 0) {
-        out.losses["load_balance"] = losses::bilevel_balance_loss(routing.node_probs, routing.node_idx,
-                                                                  routing.local_probs, routing.local_idx,
-                                                                  loss_config_.node_balance, loss_config_.load_balance);
-      }
-    } else if (loss_config_.load_balance > 0 && traits.balance_loss == core::BalanceLoss::kTokenChoice) {
-      const auto scope_counts =
-          step_counts_.defined() ? step_counts_.to(counts.device(), counts.scalar_type()) : count_reducer_ ? count_reducer_(counts) : counts;
-      out.losses["load_balance"] = losses::load_balance_loss(routing.probs, scope_counts, loss_config_.load_balance);
-    }
-    if (loss_config_.seq_balance > 0 && x_in.dim() == 3) {
-      const int64_t batch = x_in.size(0), seq = x_in.size(1);
-      out.losses["seq_balance"] = losses::sequence_balance_loss(
-          routing.probs.reshape({batch, seq, num_choices}), routing.expert_idx.reshape({batch, seq, routing.expert_idx.size(1)}),
-          loss_config_.seq_balance);
-    }
-    if (loss_config_.z_loss > 0) {
-      auto z = losses::z_loss(routing.z_logits.at(0), loss_config_.z_loss);
-      for (size_t i = 1; i < routing.z_logits.size(); ++i) z = z + losses::z_loss(routing.z_logits[i], loss_config_.z_loss);
-      out.losses["z_loss"] = z;
-    }
-    if (loss_config_.contrastive > 0) {
-      out.losses["contrastive"] = losses::contrastive_loss(router->prototypes(), routing.projected, routing.expert_idx,
-                                                           loss_config_.contrastive_tau, loss_config_.contrastive);
-    }
-    if (loss_config_.locality > 0) {
-      auto mask = local_mask_.defined() ? local_mask_ : torch::ones({num_choices}, torch::kBool);
-      out.losses["locality"] = losses::locality_loss(routing.probs, mask, loss_config_.locality_eps, loss_config_.locality);
-    }
-  }
+  const auto counts = losses::expert_slot_counts(routing.expert_idx, router->num_choices());
+  if (routing.learned) add_routing_losses(routing, counts, x_in, out);
 
   out.stats.tokens_per_expert = counts.detach();
   out.stats.expert_idx = routing.expert_idx.detach();

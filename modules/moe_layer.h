@@ -87,6 +87,9 @@ class MoELayerImpl : public torch::nn::Module {
   torch::Tensor null_constants;  ///< [null, d] for null_expert_kind constant
 
  private:
+  /// The routing losses of a learned router into out.losses (counts: slots per choice, this batch).
+  void add_routing_losses(const Routing& routing, const torch::Tensor& counts, const torch::Tensor& x_in,
+                          MoEOutput& out) const;
   core::MoEConfig config_;
   core::LossesConfig loss_config_;
   int64_t d_model_;

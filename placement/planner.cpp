@@ -203,9 +203,122 @@ PlanReport plan_inter_layer(const RoutingTrace& trace, const PlannerOptions& o, 
 
 }  // namespace
 
+namespace {
+
+/// The ILP's time over the stages: each stage gets its share of what is left (so time a fast stage
+/// leaves goes on), the node stage `inter_node_weight` shares and each rank stage one, as their rows
+/// weigh in the objective.
+class StageClock {
+ public:
+  StageClock(const PlannerOptions& o, size_t layers)
+      : node_share_(o.inter_node_weight),
+        units_left_(static_cast<double>(layers) *
+                    ((o.topology.nodes() > 1 ? node_share_ : 0.0) + static_cast<double>(o.topology.nodes()))),
+        deadline_(std::chrono::steady_clock::now() +
+                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(o.time_limit_s))) {}
+  double node_stage() { return take(node_share_); }
+  double rank_stage() { return take(1.0); }
+
+ private:
+  double take(double units) {
+    const double left = std::chrono::duration<double>(deadline_ - std::chrono::steady_clock::now()).count();
+    const double t = std::max(0.1, left * units / std::max(units, units_left_));
+    units_left_ -= units;
+    return t;
+  }
+  double node_share_, units_left_;
+  std::chrono::steady_clock::time_point deadline_;
+};
+
+/// Stage B: within each node, the experts `node_of_expert` puts there to its ranks (intra-node rows,
+/// home = the source's local rank). Returns expert -> rank; adds the stages' ILP bounds to `bound`.
+std::vector<int64_t> rank_stage(const LayerRouting& layer, const std::vector<int64_t>& load,
+                                const std::vector<int32_t>& node_of_expert, const PlannerOptions& o, bool ilp,
+                                StageClock& clock, double* bound) {
+  const auto& topo = o.topology;
+  const int64_t E = static_cast<int64_t>(load.size()), rpn = topo.ranks_per_node;
+  const double total_load = std::accumulate(load.begin(), load.end(), 0.0);
+  std::vector<int64_t> owner(E, -1);
+  for (int64_t n = 0; n < topo.nodes(); ++n) {
+    std::vector<int32_t> item_of(E, -1), expert_of_item;
+    for (int64_t e = 0; e < E; ++e)
+      if (node_of_expert[e] == n) {
+        item_of[e] = static_cast<int32_t>(expert_of_item.size());
+        expert_of_item.push_back(static_cast<int32_t>(e));
+      }
+    PartitionProblem pb;
+    pb.items = static_cast<int64_t>(expert_of_item.size());
+    pb.bins = rpn;
+    for (int32_t e : expert_of_item) pb.load.push_back(static_cast<double>(load[e]));
+    pb.max_bin_load = (1 + o.load_slack) * total_load / static_cast<double>(topo.ranks);
+    pb.patterns = token_patterns(layer, item_of, [&](int64_t src) { return static_cast<int32_t>(src % rpn); }, 1.0);
+    const auto b = solve_stage(pb, o, ilp, ilp ? clock.rank_stage() : 0);
+    if (bound) *bound += b.best.bound;
+    for (int64_t i = 0; i < pb.items; ++i) owner[expert_of_item[i]] = n * rpn + b.best.bin_of[i];
+  }
+  return owner;
+}
+
+/// One layer of the coactivation objective: stage A (experts to nodes: inter-node rows, home = the
+/// token's node), stage B per node; greedy and (with the ILP) the best path; the report's sums.
+void plan_coactivation_layer(const LayerRouting& layer, const std::vector<int64_t>& load, const PlannerOptions& o,
+                             bool use_ilp, StageClock& clock, PlanReport& report) {
+  const auto& topo = o.topology;
+  const int64_t E = static_cast<int64_t>(load.size()), nodes = topo.nodes();
+  const auto kind = core::DispatcherKind::kHierarchical;
+  const auto contiguous = contiguous_owner(E, topo.ranks);
+  std::vector<int32_t> node_greedy(E, 0), node_best(E, 0);
+  double bound_a = 0;
+  if (nodes > 1) {
+    PartitionProblem pa;
+    pa.items = E;
+    pa.bins = nodes;
+    pa.load.assign(load.begin(), load.end());
+    pa.max_bin_load = (1 + o.load_slack) * std::accumulate(load.begin(), load.end(), 0.0) / static_cast<double>(nodes);
+    std::vector<int32_t> ident(E);
+    std::iota(ident.begin(), ident.end(), 0);
+    pa.patterns = token_patterns(layer, ident, [&](int64_t src) { return static_cast<int32_t>(topo.node_of(src)); },
+                                 o.inter_node_weight);
+    const auto a = solve_stage(pa, o, use_ilp, use_ilp ? clock.node_stage() : 0);
+    node_greedy = a.greedy.bin_of;
+    node_best = a.best.bin_of;
+    bound_a = a.best.bound;
+  }
+  double bound_b = 0;
+  const auto owner_greedy = rank_stage(layer, load, node_greedy, o, false, clock, nullptr);
+  const auto owner_best = use_ilp ? rank_stage(layer, load, node_best, o, true, clock, &bound_b) : owner_greedy;
+
+  const double w = o.inter_node_weight;
+  const auto rows_contig = predict_rows(layer, contiguous, topo, kind);
+  const auto rows_greedy = predict_rows(layer, owner_greedy, topo, kind);
+  const auto rows_best = predict_rows(layer, owner_best, topo, kind);
+  report.objective_contiguous += weighted(rows_contig, w);
+  report.objective_greedy += weighted(rows_greedy, w);
+  if (use_ilp) {
+    report.objective_ilp += weighted(rows_best, w);
+    report.stage_bound += bound_a + bound_b;
+    // Valid for every placement: the node stage's bound covers the inter-node rows of any node split;
+    // the rank stages' bounds hold only for the node split they were given, unless one node holds
+    // all ranks (then stage B is the whole problem). Intra-node rows are otherwise bounded by 0.
+    report.bound += nodes > 1 ? bound_a : bound_b;
+  }
+  // The chosen plan: the better of greedy and ILP; never worse than contiguous.
+  LayerPlan plan;
+  plan.owner = weighted(rows_best, w) <= weighted(rows_greedy, w) ? owner_best : owner_greedy;
+  auto chosen = predict_rows(layer, plan.owner, topo, kind);
+  if (weighted(chosen, w) > weighted(rows_contig, w)) {
+    plan.owner = contiguous;
+    chosen = rows_contig;
+  }
+  plan.objective = weighted(chosen, w);
+  report.layers.push_back(std::move(plan));
+}
+
+}  // namespace
+
 PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
   const PlanTopology& topo = o.topology;
-  const int64_t E = trace.num_experts, ranks = topo.ranks, rpn = topo.ranks_per_node, nodes = topo.nodes();
+  const int64_t E = trace.num_experts, ranks = topo.ranks, rpn = topo.ranks_per_node;
   SY_CHECK_AS(UsageError, ranks > 0 && rpn > 0 && ranks % rpn == 0, "--ranks-per-node (", rpn,
               ") must divide --ranks (", ranks, ")");
   SY_CHECK_AS(UsageError, E % ranks == 0, "--ranks: ", ranks, " does not divide the trace's ", E, " experts");
@@ -215,96 +328,11 @@ PlanReport plan_placement(const RoutingTrace& trace, const PlannerOptions& o) {
   const bool use_ilp = o.solver == PlanSolver::kIlp && ilp_available();
   const auto stats = routing_statistics(trace);
   if (o.objective == PlanObjective::kInterLayer) return plan_inter_layer(trace, o, stats);
-  const auto kind = core::DispatcherKind::kHierarchical;
-  // ILP time: each stage gets its share of what is left (so time a fast stage leaves goes on), the node
-  // stage `inter_node_weight` shares and each rank stage one, as their rows weigh in the objective.
-  const double node_share = o.inter_node_weight;
-  const double units_per_layer = (nodes > 1 ? node_share : 0.0) + static_cast<double>(nodes);
-  double units_left = static_cast<double>(trace.layers.size()) * units_per_layer;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.time_limit_s);
-  auto stage_time = [&](double units) {
-    const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
-    const double t = std::max(0.1, left * units / std::max(units, units_left));
-    units_left -= units;
-    return t;
-  };
-
+  StageClock clock(o, trace.layers.size());
   PlanReport report = start_report(use_ilp);
   const auto start = std::chrono::steady_clock::now();
   for (size_t l = 0; l < trace.layers.size(); ++l) {
-    const auto& layer = trace.layers[l];
-    const auto& load = stats[l].load;
-    const double total_load = std::accumulate(load.begin(), load.end(), 0.0);
-    const auto contiguous = contiguous_owner(E, ranks);
-
-    // Stage A: experts to nodes (inter-node rows, home = the token's node).
-    std::vector<int32_t> node_greedy(E, 0), node_best(E, 0);
-    double bound_a = 0;
-    if (nodes > 1) {
-      PartitionProblem pa;
-      pa.items = E;
-      pa.bins = nodes;
-      pa.load.assign(load.begin(), load.end());
-      pa.max_bin_load = (1 + o.load_slack) * total_load / static_cast<double>(nodes);
-      std::vector<int32_t> ident(E);
-      std::iota(ident.begin(), ident.end(), 0);
-      pa.patterns = token_patterns(layer, ident, [&](int64_t src) { return static_cast<int32_t>(topo.node_of(src)); },
-                                   o.inter_node_weight);
-      const auto a = solve_stage(pa, o, use_ilp, use_ilp ? stage_time(node_share) : 0);
-      node_greedy = a.greedy.bin_of;
-      node_best = a.best.bin_of;
-      bound_a = a.best.bound;
-    }
-    // Stage B: within each node, its experts to its ranks (intra-node rows, home = the source's local rank).
-    auto stage_b = [&](const std::vector<int32_t>& node_of_expert, bool ilp, double* bound) {
-      std::vector<int64_t> owner(E, -1);
-      for (int64_t n = 0; n < nodes; ++n) {
-        std::vector<int32_t> item_of(E, -1), expert_of_item;
-        for (int64_t e = 0; e < E; ++e)
-          if (node_of_expert[e] == n) {
-            item_of[e] = static_cast<int32_t>(expert_of_item.size());
-            expert_of_item.push_back(static_cast<int32_t>(e));
-          }
-        PartitionProblem pb;
-        pb.items = static_cast<int64_t>(expert_of_item.size());
-        pb.bins = rpn;
-        for (int32_t e : expert_of_item) pb.load.push_back(static_cast<double>(load[e]));
-        pb.max_bin_load = (1 + o.load_slack) * total_load / static_cast<double>(ranks);
-        pb.patterns = token_patterns(layer, item_of, [&](int64_t src) { return static_cast<int32_t>(src % rpn); }, 1.0);
-        const auto b = solve_stage(pb, o, ilp, ilp ? stage_time(1.0) : 0);
-        if (bound) *bound += b.best.bound;
-        for (int64_t i = 0; i < pb.items; ++i) owner[expert_of_item[i]] = n * rpn + b.best.bin_of[i];
-      }
-      return owner;
-    };
-    double bound_b = 0;
-    const auto owner_greedy = stage_b(node_greedy, false, nullptr);
-    const auto owner_best = use_ilp ? stage_b(node_best, true, &bound_b) : owner_greedy;
-
-    const auto rows_contig = predict_rows(layer, contiguous, topo, kind);
-    const auto rows_greedy = predict_rows(layer, owner_greedy, topo, kind);
-    const auto rows_best = predict_rows(layer, owner_best, topo, kind);
-    report.objective_contiguous += weighted(rows_contig, o.inter_node_weight);
-    report.objective_greedy += weighted(rows_greedy, o.inter_node_weight);
-    if (use_ilp) {
-      report.objective_ilp += weighted(rows_best, o.inter_node_weight);
-      report.stage_bound += bound_a + bound_b;
-      // Valid for every placement: the node stage's bound covers the inter-node rows of any node split;
-      // the rank stages' bounds hold only for the node split they were given, unless one node holds
-      // all ranks (then stage B is the whole problem). Intra-node rows are otherwise bounded by 0.
-      report.bound += nodes > 1 ? bound_a : bound_b;
-    }
-    // The chosen plan: the better of greedy and ILP; never worse than contiguous.
-    LayerPlan plan;
-    plan.owner = weighted(rows_best, o.inter_node_weight) <= weighted(rows_greedy, o.inter_node_weight) ? owner_best
-                                                                                                         : owner_greedy;
-    auto chosen = predict_rows(layer, plan.owner, topo, kind);
-    if (weighted(chosen, o.inter_node_weight) > weighted(rows_contig, o.inter_node_weight)) {
-      plan.owner = contiguous;
-      chosen = rows_contig;
-    }
-    plan.objective = weighted(chosen, o.inter_node_weight);
-    report.layers.push_back(std::move(plan));
+    plan_coactivation_layer(trace.layers[l], stats[l].load, o, use_ilp, clock, report);
   }
   report.solve_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (use_ilp) report.stage_gap = report.objective_ilp > 0 ? (report.objective_ilp - report.stage_bound) / report.objective_ilp : 0;

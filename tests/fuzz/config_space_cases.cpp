@@ -99,6 +99,8 @@ std::string Case::describe() const {
   return o.str();
 }
 
+// Long on purpose: every dimension of the config space is drawn here, in one order (the order fixes
+// which case a seed gives), and the rules that tie dimensions together sit beside the draws they tie.
 Case draw_case(uint64_t seed, int64_t index, int max_world) {
   Draw draw(seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(index) * 0xbf58476d1ce4e5b9ULL + 1);
   Case c;

@@ -207,6 +207,9 @@ void check_slots(Failures& f, const Case& c, const modules::MoEStats& s, int64_t
 
 // ---- Layer level ----
 
+// Long on purpose: one straight sequence (build both layers with equal weights, run the distributed
+// and the reference forward and backward, compare outputs, losses, statistics and every gradient),
+// read top to bottom like the property it checks.
 void layer_check(const Case& c, const Comm& comm, Failures& f) {
   auto cfg = c.config;
   const auto dtype = cfg.train.precision == core::Precision::kFp64 ? torch::kFloat64 : torch::kFloat32;
