@@ -5,13 +5,6 @@
 
 namespace switchyard::tools {
 
-void ConfigArgs::add_to(CLI::App* cmd) {
-  cmd->add_option("--config", path, "YAML config file")->required();
-  cmd->add_option("--set", overrides, "override one key: --set model.moe.top_k=2 (repeatable)")
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-}
-
 void add_config_commands(CLI::App& app, Commands& commands) {
   CLI::App* config_cmd = app.add_subcommand("config", "inspect configurations");
   config_cmd->require_subcommand(1);

@@ -1,23 +1,11 @@
 // The commands that run a model on ranks: `switchyard train`, `eval` and `trace`.
 #include <cstdio>
 
-#include "core/fault_injection.h"
 #include "core/json_line.h"
-#include "core/logging.h"
-#include "parallel/fatal.h"
 #include "tools/command.h"
 #include "trainer/trainer.h"
 
 namespace switchyard::tools {
-
-parallel::MpiRuntime& RankStarter::start(const core::ParallelConfig& parallel) {
-  mpi_ = std::make_unique<parallel::MpiRuntime>(argc_, argv_);
-  parallel::install_crash_handler(mpi_->rank());
-  core::set_log_rank(mpi_->rank(), mpi_->size());
-  core::set_fault_rank(mpi_->rank());
-  mpi_->watch_peers(parallel.peer_silence_s);
-  return *mpi_;
-}
 
 namespace {
 
