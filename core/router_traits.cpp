@@ -41,15 +41,11 @@ const RouterTraits& router_traits(RouterKind kind) {
 }
 
 std::string router_kinds_where(const std::function<bool(const RouterTraits&)>& pred) {
-  constexpr RouterKind kAll[] = {RouterKind::kTopK,   RouterKind::kSigmoidBias, RouterKind::kNoisyTopK,
-                                 RouterKind::kExpertChoice, RouterKind::kTopP, RouterKind::kHash,
-                                 RouterKind::kRandom, RouterKind::kCosine,      RouterKind::kBilevel,
-                                 RouterKind::kGrap};
   std::string out, last;
-  for (RouterKind kind : kAll) {
+  for (const auto& [kind, name] : EnumNames<RouterKind>::kValues) {
     if (!pred(router_traits(kind))) continue;
     if (!last.empty()) out += (out.empty() ? "" : ", ") + last;
-    last = enum_name(kind);
+    last = name;
   }
   return out.empty() ? last : out + " and " + last;
 }

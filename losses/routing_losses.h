@@ -9,9 +9,10 @@
 namespace switchyard::losses {
 
 /// Routing math runs in fp32 whatever the model dtype; double stays double (gradient checks).
-inline torch::Tensor at_least_fp32(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kDouble ? t : t.to(torch::kFloat32);
+inline torch::ScalarType at_least_fp32_type(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat32;
 }
+inline torch::Tensor at_least_fp32(const torch::Tensor& t) { return t.to(at_least_fp32_type(t)); }
 
 /// Slots routed to each expert: [E] float, from expert_idx [T, k] (-1 ignored).
 torch::Tensor expert_slot_counts(const torch::Tensor& expert_idx, int64_t num_experts);

@@ -164,7 +164,7 @@ Routing RouterImpl::forward(const torch::Tensor& x, const TokenInfo& tokens) {
 }
 
 Routing RouterImpl::route_softmax_topk(const torch::Tensor& x, const TokenInfo& tokens) {
-  const auto f32 = [&](const torch::Tensor& t) { return t.to(losses::at_least_fp32(x).scalar_type()); };
+  const auto f32 = [&](const torch::Tensor& t) { return t.to(losses::at_least_fp32_type(x)); };
   switch (config_.router.kind) {
     case core::RouterKind::kNoisyTopK: {
       auto logits = router_logits(x, weight_);
@@ -247,7 +247,7 @@ Routing RouterImpl::route_top_p(const torch::Tensor& x) {
 
 Routing RouterImpl::route_fixed(const torch::Tensor& x, const TokenInfo& tokens) {
   const int64_t num_tokens = x.size(0), k = config_.top_k;
-  const auto float_options = x.options().dtype(x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat32);
+  const auto float_options = x.options().dtype(losses::at_least_fp32_type(x));
   Routing r;
   if (config_.router.kind == core::RouterKind::kHash) {
     SY_CHECK(tokens.ids.defined() && tokens.ids.numel() == num_tokens,

@@ -34,9 +34,7 @@ void set_param(torch::nn::Module& m, const std::string& name, const torch::Tenso
 TEST(RouterTraits, EveryRouterDoesWhatItsTraitsSay) {
   // The one table (core/router_traits.h) against the routers: the slot width the layer and the
   // traces size for, whether a loss can move the router, whether every slot names an expert.
-  for (RouterKind kind : {RouterKind::kTopK, RouterKind::kSigmoidBias, RouterKind::kNoisyTopK, RouterKind::kExpertChoice,
-                          RouterKind::kTopP, RouterKind::kHash, RouterKind::kRandom, RouterKind::kCosine,
-                          RouterKind::kBilevel, RouterKind::kGrap}) {
+  for (const auto& [kind, name] : core::EnumNames<RouterKind>::kValues) {
     auto c = moe_config(kind, 8, 2);
     c.capacity_factor = kind == RouterKind::kExpertChoice ? 1.0 : 0.0;
     c.router.groups = 2;
@@ -47,7 +45,7 @@ TEST(RouterTraits, EveryRouterDoesWhatItsTraitsSay) {
     const auto x = torch::randn({24, 16});
     const auto ids = torch::arange(24, torch::kInt64);
     const auto out = r->forward(x, {ids, ids});
-    const std::string what = core::enum_name(kind);
+    const std::string what = name;
     EXPECT_EQ(out.expert_idx.size(1), routing_slots(c)) << what;
     EXPECT_EQ(out.learned, traits.learned) << what;
     if (traits.every_slot_an_expert) {
