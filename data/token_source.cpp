@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -16,7 +17,17 @@ namespace switchyard::data {
 namespace fs = std::filesystem;
 namespace {
 
+/// A data file must be a regular file: a FIFO or a device (/dev/zero) would block or never end.
+void require_regular_file(const std::string& path) {
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  SY_CHECK_AS(DataError, fs::exists(status), path, ": no such file (data.path)");
+  SY_CHECK_AS(DataError, fs::is_regular_file(status), path,
+              ": not a regular file (a directory, FIFO or device cannot be read as data; data.path)");
+}
+
 std::string read_file(const std::string& path) {
+  require_regular_file(path);
   std::ifstream in(path, std::ios::binary);
   SY_CHECK_AS(DataError, in.good(), path, ": cannot open data file");
   std::stringstream buffer;
@@ -32,6 +43,30 @@ void read_bytes(const std::string& path, int64_t offset, int64_t count, char* ou
   SY_CHECK_AS(DataError, in.gcount() == count, path, ": truncated: wanted ", count, " bytes at offset ", offset,
               ", got ", in.gcount());
 }
+
+}  // namespace
+
+FileStamp FileStamp::of(const std::string& path) {
+  require_regular_file(path);
+  FileStamp s;
+  s.path = path;
+  s.bytes = static_cast<int64_t>(fs::file_size(path));
+  s.mtime_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(fs::last_write_time(path).time_since_epoch()).count();
+  return s;
+}
+
+void FileStamp::check_unchanged() const {
+  std::error_code ec;
+  const auto bytes = fs::file_size(path, ec);
+  const auto mtime = fs::last_write_time(path, ec);
+  SY_CHECK_AS(DataError, !ec, path, ": vanished while the job reads it (", ec.message(), ")");
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(mtime.time_since_epoch()).count();
+  SY_CHECK_AS(DataError, static_cast<int64_t>(bytes) == this->bytes && ns == mtime_ns, path,
+              ": changed while the job reads it (", this->bytes, " bytes when opened, ", bytes,
+              " now, or a newer modification time); restart the job on the new file");
+}
+
+namespace {
 
 uint64_t below(std::mt19937_64& rng, uint64_t n) { return rng() % n; }
 
@@ -142,6 +177,7 @@ TextSource::TextSource(const std::string& path) : path_(path) {
   SY_CHECK_AS(DataError, fs::exists(path), path, ": no such file or directory (data.path)");
   if (fs::is_directory(path)) {
     std::vector<fs::path> files;
+    // Regular files only (following links): a FIFO or device inside the directory is skipped.
     for (const auto& entry : fs::directory_iterator(path))
       if (entry.is_regular_file()) files.push_back(entry.path());
     std::sort(files.begin(), files.end());
@@ -168,15 +204,17 @@ std::string TextSource::describe() const {
 
 TokenFileSource::TokenFileSource(const std::string& path, core::TokenDtype dtype)
     : path_(path), item_size_(dtype == core::TokenDtype::kUint16 ? 2 : 4) {
-  SY_CHECK_AS(DataError, fs::is_regular_file(path), path, ": no such file (data.path)");
+  require_regular_file(path);
   const auto bytes = static_cast<int64_t>(fs::file_size(path));
   SY_CHECK_AS(DataError, bytes % item_size_ == 0, path, ": size ", bytes, " is not a multiple of ", item_size_,
               " (data.token_dtype ", core::enum_name(dtype), ")");
   num_tokens_ = bytes / item_size_;
   SY_CHECK_AS(DataError, num_tokens_ > 0, path, ": empty (data.path)");
+  stamp_ = FileStamp::of(path);
 }
 
 void TokenFileSource::read(int64_t offset, int64_t count, int64_t* out) const {
+  stamp_.check_unchanged();
   std::vector<char> raw(count * item_size_);
   read_bytes(path_, offset * item_size_, count * item_size_, raw.data());
   for (int64_t i = 0; i < count; ++i) {
@@ -233,23 +271,41 @@ MegatronSource::MegatronSource(const std::string& prefix) : prefix_(prefix) {
   SY_CHECK_AS(DataError, item_size_ > 0, idx_path, ": token dtype code ", int(code), " is not an integer type");
   take(&num_seq, 8);
   take(&num_docs, 8);
+  // Counts are checked against the bytes the index holds before anything is allocated for them:
+  // lengths (4 bytes) and pointers (8) per sequence, then one document index (8) per document + 1.
+  const uint64_t left = idx.size() - pos;
+  SY_CHECK_AS(DataError, num_seq <= left / 12 && num_docs <= (left - num_seq * 12) / 8, idx_path, ": ", num_seq,
+              " sequences and ", num_docs - 1, " documents do not fit its ", idx.size(), " bytes");
+  SY_CHECK_AS(DataError, num_seq > 0 && num_docs >= 2, idx_path, ": holds no documents");
   lengths_.resize(num_seq);
   pointers_.resize(num_seq);
+  std::vector<int64_t> doc_index(num_docs);
   take(lengths_.data(), num_seq * 4);
   take(pointers_.data(), num_seq * 8);
+  take(doc_index.data(), num_docs * 8);
   num_documents_ = static_cast<int64_t>(num_docs) - 1;  // document_indices has a leading 0
   for (uint64_t i = 0; i < num_seq; ++i) {
+    SY_CHECK_AS(DataError, lengths_[i] >= 0, idx_path, ": sequence ", i, " has length ", lengths_[i]);
     const int64_t expected = i == 0 ? 0 : pointers_[i - 1] + int64_t{lengths_[i - 1]} * item_size_;
     SY_CHECK_AS(DataError, pointers_[i] == expected, idx_path, ": sequence ", i, " is not contiguous in ", bin_path);
     num_tokens_ += lengths_[i];
   }
-  SY_CHECK_AS(DataError, fs::is_regular_file(bin_path), bin_path, ": no such file");
+  for (uint64_t d = 0; d < num_docs; ++d) {
+    const int64_t first = d == 0 ? 0 : doc_index[d - 1];
+    const int64_t want_last = static_cast<int64_t>(num_seq);
+    SY_CHECK_AS(DataError, doc_index[d] >= first && doc_index[d] <= want_last && (d > 0 || doc_index[0] == 0) &&
+                               (d + 1 < num_docs || doc_index[d] == want_last),
+                idx_path, ": document index ", d, " (", doc_index[d], ") is not a boundary between 0 and ", num_seq,
+                " sequences in order");
+  }
+  bin_stamp_ = FileStamp::of(bin_path);
   const auto bin_bytes = static_cast<int64_t>(fs::file_size(bin_path));
   SY_CHECK_AS(DataError, bin_bytes >= num_tokens_ * item_size_, bin_path, ": truncated: ", bin_bytes,
               " bytes for ", num_tokens_, " tokens");
 }
 
 void MegatronSource::read(int64_t offset, int64_t count, int64_t* out) const {
+  bin_stamp_.check_unchanged();
   std::vector<char> raw(count * item_size_);
   read_bytes(prefix_ + ".bin", offset * item_size_, count * item_size_, raw.data());
   for (int64_t i = 0; i < count; ++i) {

@@ -55,6 +55,16 @@ class TextSource : public TokenSource {
   int64_t num_files_ = 0;
 };
 
+/// The size and modification time of a data file when the job opened it: a file changed under a
+/// running job (rewritten, truncated, appended to) is refused at its next read, naming it.
+struct FileStamp {
+  std::string path;
+  int64_t bytes = 0;
+  int64_t mtime_ns = 0;
+  static FileStamp of(const std::string& path);
+  void check_unchanged() const;
+};
+
 /// A flat binary of little-endian uint16 or uint32 token ids (nanoGPT's train.bin layout).
 class TokenFileSource : public TokenSource {
  public:
@@ -67,6 +77,7 @@ class TokenFileSource : public TokenSource {
   std::string path_;
   int64_t item_size_;
   int64_t num_tokens_;
+  FileStamp stamp_;
 };
 
 /// Megatron-LM indexed dataset `prefix.bin` + `prefix.idx` (MMIDIDX version 1); the documents'
@@ -88,6 +99,7 @@ class MegatronSource : public TokenSource {
   std::vector<int64_t> pointers_;
   int64_t num_documents_ = 0;
   int64_t num_tokens_ = 0;
+  FileStamp bin_stamp_;
 };
 
 /// Writes a Megatron indexed dataset (uint16 tokens), one sequence per document: for tests and tools.

@@ -1,6 +1,9 @@
 // Every reader on files it writes itself; the batch order depends on seed and step, not rank count.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -138,6 +141,82 @@ TEST(BatchSampler, TokensOutsideTheVocabularyAreNamed) {
   } catch (const DataError& e) {
     EXPECT_NE(std::string(e.what()).find("outside model.vocab_size 50"), std::string::npos) << e.what();
   }
+}
+
+/// The DataError message of `make()`, or "" if it did not throw.
+template <typename F>
+std::string data_error(F make) {
+  try {
+    make();
+  } catch (const DataError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(DataFiles, FifosAndDevicesAreRefusedNotRead) {
+  const auto dir = temp_dir("fifo");
+  const auto fifo = (dir / "fifo").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  for (const std::string& path : {fifo, std::string("/dev/zero")}) {
+    EXPECT_NE(data_error([&] { TextSource s(path); }).find(path + ": not a regular file"), std::string::npos) << path;
+    EXPECT_NE(data_error([&] { TokenFileSource s(path, core::TokenDtype::kUint16); }).find(path + ": not a regular file"),
+              std::string::npos)
+        << path;
+  }
+  EXPECT_NE(data_error([&] { TextSource s((dir / "missing").string()); }).find("no such file"), std::string::npos);
+}
+
+/// Writes a Megatron index by hand: header, the given counts, then `body` (lengths, pointers, documents).
+void write_index(const fs::path& path, uint64_t num_seq, uint64_t num_docs, const std::vector<int64_t>& lengths,
+                 const std::vector<int64_t>& pointers, const std::vector<int64_t>& docs) {
+  std::ofstream out(path, std::ios::binary);
+  const uint64_t version = 1;
+  const uint8_t code = 8;
+  out.write("MMIDIDX\0\0", 9);
+  out.write(reinterpret_cast<const char*>(&version), 8);
+  out.write(reinterpret_cast<const char*>(&code), 1);
+  out.write(reinterpret_cast<const char*>(&num_seq), 8);
+  out.write(reinterpret_cast<const char*>(&num_docs), 8);
+  for (int64_t l : lengths) {
+    const auto v = static_cast<int32_t>(l);
+    out.write(reinterpret_cast<const char*>(&v), 4);
+  }
+  out.write(reinterpret_cast<const char*>(pointers.data()), static_cast<std::streamsize>(8 * pointers.size()));
+  out.write(reinterpret_cast<const char*>(docs.data()), static_cast<std::streamsize>(8 * docs.size()));
+}
+
+TEST(MegatronSource, HostileIndexesAreRefusedBeforeAllocating) {
+  const auto dir = temp_dir("hostile_idx");
+  write_megatron_dataset((dir / "c").string(), {{1, 2, 3}, {4, 5}});  // the .bin the indexes below describe
+  const auto refusal = [&](uint64_t num_seq, uint64_t num_docs, const std::vector<int64_t>& lengths,
+                           const std::vector<int64_t>& pointers, const std::vector<int64_t>& docs) {
+    write_index(dir / "c.idx", num_seq, num_docs, lengths, pointers, docs);
+    return data_error([&] { MegatronSource m((dir / "c").string()); });
+  };
+  // A sequence count of 2^62 (the index holds two): refused by size, not by a failed allocation.
+  EXPECT_NE(refusal(uint64_t{1} << 62, 3, {3, 2}, {0, 6}, {0, 1, 2}).find("do not fit its"), std::string::npos);
+  EXPECT_NE(refusal(2, uint64_t{1} << 61, {3, 2}, {0, 6}, {0, 1, 2}).find("do not fit its"), std::string::npos);
+  // A negative length whose pointers were made to agree with it.
+  EXPECT_NE(refusal(2, 3, {-3, 2}, {0, -6}, {0, 1, 2}).find("sequence 0 has length -3"), std::string::npos);
+  // No documents at all, and document boundaries out of order or not ending at the last sequence.
+  EXPECT_NE(refusal(0, 1, {}, {}, {0}).find("holds no documents"), std::string::npos);
+  EXPECT_NE(refusal(2, 3, {3, 2}, {0, 6}, {0, 2, 1}).find("document index 2"), std::string::npos);
+  EXPECT_NE(refusal(2, 3, {3, 2}, {0, 6}, {0, 1, 1}).find("document index 2"), std::string::npos);
+  EXPECT_EQ(refusal(2, 3, {3, 2}, {0, 6}, {0, 1, 2}), "");  // the well-formed one is read
+}
+
+TEST(TokenFileSource, AFileChangedUnderTheJobIsNamedAtItsNextRead) {
+  const auto dir = temp_dir("changed");
+  const std::vector<uint16_t> tokens(64, 7);
+  const auto path = dir / "t.bin";
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(tokens.data()), 128);
+  TokenFileSource source(path.string(), core::TokenDtype::kUint16);
+  std::vector<int64_t> out(4);
+  source.read(0, 4, out.data());
+  std::ofstream(path, std::ios::binary | std::ios::app).write(reinterpret_cast<const char*>(tokens.data()), 8);
+  const auto what = data_error([&] { source.read(0, 4, out.data()); });
+  EXPECT_NE(what.find(path.string() + ": changed while the job reads it"), std::string::npos) << what;
 }
 
 }  // namespace
