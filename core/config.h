@@ -289,6 +289,7 @@ struct TrainConfig {
   int64_t max_consecutive_skips = 5;
   int64_t trace_every = 0;
   double peak_tflops = 0;
+  bool checkpoint_on_signal = true;
 
   template <class V>
   void visit(V& v) {
@@ -322,6 +323,9 @@ struct TrainConfig {
     v.field("max_consecutive_skips", max_consecutive_skips, "nan_policy skip: the run stops with an error after "
                                                             "this many skipped steps in a row", Bounds::in(1, 1 << 20));
     v.field("trace_every", trace_every, "write a routing trace every N steps (0 = never)", Bounds::at_least(0));
+    v.field("checkpoint_on_signal", checkpoint_on_signal, "on SIGTERM or SIGUSR1 to any rank (what SLURM sends before "
+                                                          "preemption or the time limit): finish the step, save a "
+                                                          "checkpoint and exit 0; a second signal ends the rank at once");
     v.field("peak_tflops", peak_tflops, "peak dense bf16 TFLOP/s of one GPU for the mfu metric (0 = by device name: "
                                         "H100/H200 989; unknown cards report no mfu)", Bounds::in(0, 1e6));
   }

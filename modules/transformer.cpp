@@ -194,4 +194,24 @@ double model_flops_per_token(const core::ModelConfig& model) {
   return 6.0 * params + 12.0 * static_cast<double>(model.n_layers) * d * static_cast<double>(model.seq_len);
 }
 
+ParameterCounts parameters_per_rank(const core::ModelConfig& model, int64_t expert_parallel) {
+  const double d = static_cast<double>(model.d_model);
+  const auto& moe = model.moe;
+  const double per_expert = (moe.expert_kind == core::ExpertKind::kSwiGLU ? 3.0 : 2.0) * d * static_cast<double>(moe.ffn_hidden);
+  const double kv_width = d * static_cast<double>(model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads) /
+                          static_cast<double>(model.n_heads);
+  ParameterCounts c;
+  c.embedding = d * static_cast<double>(model.vocab_size) * (model.tie_embeddings ? 1.0 : 2.0);
+  for (int64_t l = 0; l < model.n_layers; ++l) {
+    c.rest += 2 * d * d + 2 * d * kv_width;
+    if (model.moe.every > 0 && (l + 1) % model.moe.every == 0) {
+      c.experts += std::ceil(static_cast<double>(moe.num_experts) / static_cast<double>(std::max<int64_t>(1, expert_parallel))) * per_expert;
+      c.rest += static_cast<double>(moe.shared_experts) * per_expert + d * static_cast<double>(moe.num_experts + moe.null_experts);
+    } else {
+      c.rest += 3.0 * d * static_cast<double>(model.dense_ffn_hidden);
+    }
+  }
+  return c;
+}
+
 }  // namespace switchyard::modules

@@ -95,4 +95,14 @@ TORCH_MODULE(TransformerLM);
 /// 12 * n_layers * d * seq_len (PaLM's convention, not halved for the causal mask). For MFU.
 double model_flops_per_token(const core::ModelConfig& model);
 
+/// Parameters one rank holds, by part (matrices only; norms and biases are negligible): the routed
+/// experts split over `expert_parallel` ranks, everything else in full. For the memory check.
+struct ParameterCounts {
+  double embedding = 0;  ///< token embedding, and the output head when untied
+  double experts = 0;    ///< this rank's routed experts
+  double rest = 0;       ///< attention, shared experts, dense FFNs, routers
+  double total() const { return embedding + experts + rest; }
+};
+ParameterCounts parameters_per_rank(const core::ModelConfig& model, int64_t expert_parallel);
+
 }  // namespace switchyard::modules

@@ -10,7 +10,6 @@
 #if SWITCHYARD_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
-#include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
 #include <chrono>
@@ -21,6 +20,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
+#include <sstream>
 #include <thread>
 
 #include "core/error.h"
@@ -29,6 +30,7 @@
 #include "core/logging.h"
 #include "core/router_traits.h"
 #include "runtime/autocast.h"
+#include "runtime/device_info.h"
 #include "runtime/profiler.h"
 #include "runtime/torch_version.h"
 #include "parallel/communicator.h"
@@ -60,33 +62,39 @@ bool all_finite(const std::vector<torch::Tensor>& tensors) {
   return torch::stack(flags).all().item<bool>();
 }
 
-/// Peak dense bf16 TFLOP/s of the device for MFU: train.peak_tflops, else known cards by name, else 0.
-double peak_tflops(const core::TrainConfig& train, const torch::Device& device) {
-  if (train.peak_tflops > 0) return train.peak_tflops;
-#if SWITCHYARD_WITH_CUDA
-  if (device.is_cuda()) {
-    const std::string name = at::cuda::getDeviceProperties(device.index())->name;
-    if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989.4;
-    if (name.find("A100") != std::string::npos) return 312.0;
-  }
-#else
-  (void)device;
-#endif
-  return 0;
+/// The signal that asked this process to stop (train.checkpoint_on_signal), 0 while none did.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+  std::signal(sig, SIG_DFL);  // a second one ends the process at once
 }
 
-/// Rank 0's peak of allocated CUDA memory since the start, GiB; -1 on the CPU.
-double peak_memory_gib(const torch::Device& device) {
-#if SWITCHYARD_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
+/// While alive: SIGTERM and SIGUSR1 set g_stop_signal instead of ending the process; the previous
+/// handlers come back at the end.
+class StopSignals {
+ public:
+  explicit StopSignals(bool on) : on_(on) {
+    if (!on_) return;
+    g_stop_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, &previous_term_);
+    sigaction(SIGUSR1, &action, &previous_usr1_);
   }
-#else
-  (void)device;
-#endif
-  return -1;
-}
+  ~StopSignals() {
+    if (!on_) return;
+    sigaction(SIGTERM, &previous_term_, nullptr);
+    sigaction(SIGUSR1, &previous_usr1_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  bool on_;
+  struct sigaction previous_term_ {}, previous_usr1_ {};
+};
 
 double all_reduce_sum(parallel::Communicator& comm, double x) {
   auto t = torch::tensor({x}, torch::kFloat64);
@@ -104,6 +112,31 @@ torch::Tensor squared_norm(const std::vector<torch::Tensor>& grads, const torch:
 #endif
   for (const auto& g : grads) sum += g.to(torch::kFloat64).pow(2).sum();
   return sum;
+}
+
+/// Refuses, before anything is allocated, a model whose parameters, gradients and AdamW moments
+/// alone (four values of the master dtype per parameter; activations come on top) exceed what the
+/// device offers this rank, naming the keys that size each part.
+void check_state_fits(const core::Config& config, int64_t expert_parallel, const torch::Device& device, int ranks_sharing) {
+  const int64_t capacity = runtime::memory_capacity_bytes(device);
+  if (capacity <= 0) return;
+  const double offered = static_cast<double>(capacity) / (device.is_cpu() ? std::max(1, ranks_sharing) : 1);
+  const auto params = modules::parameters_per_rank(config.model, expert_parallel);
+  const double per_param = 4.0 * (config.train.precision == core::Precision::kFp64 ? 8 : 4);
+  if (per_param * params.total() <= offered) return;
+  const auto gib = [&](double n) {
+    std::ostringstream o;
+    o << std::fixed << std::setprecision(1) << n / (1024.0 * 1024.0 * 1024.0) << " GiB";
+    return o.str();
+  };
+  std::ostringstream who;
+  if (device.is_cpu() && ranks_sharing > 1) who << " to each of this host's " << ranks_sharing << " ranks";
+  throw ConfigError("model: its parameters, gradients and AdamW moments need " + gib(per_param * params.total()) +
+                    " per rank (embedding, model.vocab_size x model.d_model: " + gib(per_param * params.embedding) +
+                    "; routed experts, model.moe.num_experts x model.moe.ffn_hidden x model.d_model / "
+                    "parallel.expert_parallel: " + gib(per_param * params.experts) +
+                    "; attention, routers and dense layers, model.n_layers x model.d_model^2: " + gib(per_param * params.rest) +
+                    ") but " + device.str() + " offers " + gib(offered) + who.str());
 }
 
 }  // namespace
@@ -132,6 +165,7 @@ Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
   const int ranks_here = parallel::physical_node_local(*world_).size;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   set_cpu_threads(std::max(1, cores / std::max(1, ranks_here)));
+  check_state_fits(config_, groups_->ep_size, device_, ranks_here);
 
   const auto seed = static_cast<uint64_t>(config_.train.seed);
   source_ = data::open_token_source(config_.data, seed);
@@ -321,7 +355,9 @@ struct StepSums {
   /// One all-reduce for every scalar, one for the loads of every layer. Collective.
   void reduce_into(Trainer::StepResult& r, parallel::Communicator& world, double micro_batches) const {
     const auto zero = torch::zeros({}, torch::kFloat64);
-    std::vector<torch::Tensor> scalars = {lm, aux, dropped.defined() ? dropped : zero, routed.defined() ? routed : zero};
+    // The stop flag rides along: every rank learns at the same step that one was signalled.
+    const auto stop = torch::full({}, g_stop_signal != 0 ? 1.0 : 0.0, torch::kFloat64);
+    std::vector<torch::Tensor> scalars = {lm, aux, dropped.defined() ? dropped : zero, routed.defined() ? routed : zero, stop};
     for (const auto& [name, v] : losses) scalars.push_back(v);
     for (auto& v : scalars) v = v.to(torch::kCPU).reshape({1});
     auto packed = torch::cat(scalars);
@@ -331,7 +367,8 @@ struct StepSums {
     r.aux_loss = values[1] / micro_batches;
     r.dropped = values[2];
     r.routed = values[3];
-    size_t i = 4;
+    r.stop_signal = values[4] > 0;
+    size_t i = 5;
     for (const auto& [name, v] : losses) r.losses[name] = values[i++] / micro_batches;
     if (loads.empty()) return;
     std::vector<int64_t> sizes;
@@ -505,9 +542,9 @@ StepFigures Trainer::measure_window(const StepResult& r, int64_t step, double se
   // card's peak is known.
   const double flops = f.tokens_per_s * modules::model_flops_per_token(config_.model);
   f.model_tflops = flops / 1e12 / ranks;
-  const double peak = peak_tflops(config_.train, device_);
+  const double peak = config_.train.peak_tflops > 0 ? config_.train.peak_tflops : runtime::known_peak_tflops(device_);
   if (peak > 0) f.mfu = flops / (peak * 1e12 * ranks);
-  const double peak_gib = peak_memory_gib(device_);
+  const double peak_gib = runtime::peak_memory_gib(device_);
   if (peak_gib >= 0) f.peak_mem_gib = peak_gib;
   f.losses = r.losses;
   f.replan = pending_replan_;
@@ -515,7 +552,7 @@ StepFigures Trainer::measure_window(const StepResult& r, int64_t step, double se
   return f;
 }
 
-void Trainer::run_schedule() {
+bool Trainer::run_schedule() {
   const auto run_dir = fs::path(config_.train.run_dir);
   const int64_t step = state_.step;
   if (config_.train.trace_every > 0 && step % config_.train.trace_every == 0) {
@@ -526,7 +563,8 @@ void Trainer::run_schedule() {
     write_trace((run_dir / "traces" / name).string(), eval_tokens());
   }
   const bool last = step == config_.train.steps;
-  if (config_.train.checkpoint_every > 0 && (step % config_.train.checkpoint_every == 0 || last)) save_checkpoint();
+  const bool checkpoint = config_.train.checkpoint_every > 0 && (step % config_.train.checkpoint_every == 0 || last);
+  if (checkpoint) save_checkpoint();
   if (config_.parallel.replan_every > 0 && step % config_.parallel.replan_every == 0 && !last) {
     const auto [before, after] = replan();
     const double row = placement::bytes_per_row(config_.model.d_model, modules::routing_slots(config_.model.moe),
@@ -535,6 +573,7 @@ void Trainer::run_schedule() {
                    before * row, " -> ", after * row, " (", (run_dir / "plans").string(), ")");
     pending_replan_ = {before * row, after * row};
   }
+  return checkpoint;
 }
 
 void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
@@ -554,12 +593,14 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   // --profile: after two warm-up steps, or as late as still leaves `profile.steps` steps.
   const int64_t profile_from = std::max(first_step, std::min(first_step + 2, config_.train.steps - profile.steps));
   std::unique_ptr<runtime::KinetoTrace> trace;
+  const StopSignals signals(config_.train.checkpoint_on_signal);
   for (int64_t step = state_.step; step < config_.train.steps; ++step) {
     if (profiling && step == profile_from) trace = std::make_unique<runtime::KinetoTrace>(device_);
-    // Test hooks (tests/trainer): a chosen rank fails, exits or stops at a chosen step.
+    // Test hooks (tests/trainer): a chosen rank fails, exits, stops or is signalled at a chosen step.
     SY_CHECK_AS(DataError, !core::fault_at("throw_at_step", step + 1), "injected failure at step ", step + 1);
     if (core::fault_at("exit_at_step", step + 1)) std::_Exit(3);
     if (core::fault_at("stop_at_step", step + 1)) std::raise(SIGSTOP);
+    if (core::fault_at("usr1_at_step", step + 1)) std::raise(SIGUSR1);
     auto r = compute_gradients();
     apply_update(r);
     if (trace && (step + 1 == profile_from + profile.steps || step + 1 == config_.train.steps)) {
@@ -588,7 +629,16 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
       window_start = now;
       window_steps = 0;
     }
-    run_schedule();
+    const bool saved = run_schedule();
+    if (r.stop_signal) {
+      // Preemption (train.checkpoint_on_signal): the step is done, so it is saved and the run ends as
+      // a success; `train` with the same config resumes from here.
+      if (!saved) save_checkpoint();
+      if (rank0 && tty) std::fprintf(stderr, "\n");
+      core::log_warn("stop signal (SIGTERM or SIGUSR1) received: checkpoint of step ", state_.step, " saved in ",
+                     (fs::path(config_.train.run_dir) / "checkpoints").string(), "; exiting");
+      return;
+    }
   }
   if (rank0 && tty) std::fprintf(stderr, "\n");
   const auto run_dir = fs::path(config_.train.run_dir);

@@ -63,6 +63,7 @@ class Trainer {
     std::map<std::string, double> losses;  ///< each routing loss, summed over layers and per layer
     std::vector<torch::Tensor> loads;      ///< per MoE layer, [E + null] fp64 slots routed, all ranks
     double dropped = 0, routed = 0;        ///< slots (MoEStats), all ranks and layers
+    bool stop_signal = false;              ///< some rank received SIGTERM or SIGUSR1 (train.checkpoint_on_signal)
   };
   /// Forward and backward of this rank's micro-batches of the next step's global batch; gradients
   /// synchronized so they equal the single-process model's on the global batch; the global gradient
@@ -110,8 +111,9 @@ class Trainer {
   /// The figures of a logged step over a window of `window_steps` steps in `seconds` (`step`: the step
   /// just run, 0-based). Collective (the exchange statistics are summed over ranks).
   StepFigures measure_window(const StepResult& r, int64_t step, double seconds, int64_t window_steps);
-  /// After a step: traces, checkpoints and re-plans that are due. Collective.
-  void run_schedule();
+  /// After a step: traces, checkpoints and re-plans that are due; whether it saved a checkpoint.
+  /// Collective.
+  bool run_schedule();
   /// Bytes of one exchanged activation element (bf16 under CUDA autocast, fp64, else fp32).
   int64_t activation_bytes() const;
 

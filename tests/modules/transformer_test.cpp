@@ -53,6 +53,24 @@ TEST(TransformerLM, MoeEveryAndTying) {
   EXPECT_EQ(out.layer_losses[0].at("load_balance").item<double>(), out.losses.at("load_balance").item<double>());
 }
 
+TEST(TransformerLM, ParameterCountsMatchTheBuiltModel) {
+  // The memory check's count (matrices only) against the parameters a built model holds, with
+  // GQA, untied head, a dense layer and a shared expert; experts split over 2 ranks halve.
+  auto cfg = small_model();
+  cfg.n_kv_heads = 1;
+  cfg.tie_embeddings = false;
+  cfg.moe.shared_experts = 1;
+  cfg.moe.expert_kind = core::ExpertKind::kSwiGLU;
+  TransformerLM lm(cfg, core::LossesConfig{}, 1);
+  double matrices = 0;
+  for (const auto& p : lm->parameters())
+    if (p.dim() >= 2) matrices += static_cast<double>(p.numel());
+  const auto counts = parameters_per_rank(cfg, 1);
+  EXPECT_NEAR(counts.total(), matrices, 1e-3 * matrices);
+  EXPECT_DOUBLE_EQ(counts.embedding, 2.0 * 32 * 32);
+  EXPECT_DOUBLE_EQ(parameters_per_rank(cfg, 2).experts, counts.experts / 2);
+}
+
 TEST(TransformerLM, LearnsARepetitiveCorpus) {
   // A learning test with a generous bound (no timing): 200 AdamW steps on a period-7 pattern with
   // random offsets drive the next-token loss from ~log(32) far down.

@@ -105,6 +105,23 @@ TEST(TrainerRuns, GlobalBatchBalanceIsTheSameAtAnyRankCountAndMicroBatch) {
   }
 }
 
+TEST(TrainerRuns, AModelThatCannotFitIsRefusedBeforeAllocating) {
+  // Issue 23: sizes each inside their bounds whose product cannot fit (a 2^30 x 2^16 embedding is
+  // 256 GiB in fp32 before gradients and moments) are refused by every rank at once, naming the keys,
+  // instead of an allocator failure or an out-of-memory kill.
+  auto c = tiny_config();
+  c.model.vocab_size = int64_t{1} << 30;
+  c.model.d_model = int64_t{1} << 16;
+  c.model.n_heads = 16;
+  c.train.run_dir = run_dir("too_big");
+  try {
+    Trainer t(c, {world(), torch::kCPU});
+    FAIL() << "a 1 PiB model was built";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.vocab_size x model.d_model"), std::string::npos) << e.what();
+  }
+}
+
 TEST(TrainerRuns, RandomAndNoisyRoutingAreTheSameAtAnyRankCount) {
   // Issue 18.5: the noise of the random and noisy_topk routers is drawn per token (counter-based),
   // not per position in a rank's batch: losses and gradients equal one rank's.
