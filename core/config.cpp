@@ -116,6 +116,8 @@ class YamlReader {
   void reject_unknown() const {
     if (!node_ || !node_.IsMap()) return;
     for (const auto& item : node_) {
+      SY_CHECK_AS(ConfigError, item.first.IsScalar(), path_.empty() ? std::string("config") : path_,
+                  ": a key that is not a name (a list or map used as a key)");
       const std::string key = item.first.as<std::string>();
       if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
       std::string best;

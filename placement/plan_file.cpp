@@ -23,7 +23,12 @@ std::vector<ExpertPlacement> load_placement_plan(const std::string& path, int64_
   SY_CHECK_AS(ConfigError, root.IsMap() && root["layers"] && root["layers"].IsSequence(), path,
               ": a placement plan needs a 'layers' list");
   if (root["expert_parallel"]) {
-    const auto planned = root["expert_parallel"].as<int64_t>();
+    int64_t planned = -1;
+    try {
+      planned = root["expert_parallel"].as<int64_t>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(path + ": expert_parallel: not a rank count");
+    }
     SY_CHECK_AS(ConfigError, planned == ep_size, path, ": planned for expert_parallel ", planned,
                 ", the run has parallel.expert_parallel ", ep_size);
   }

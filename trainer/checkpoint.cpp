@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <functional>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -112,14 +113,32 @@ std::vector<std::string> moe_prefixes(modules::TransformerLMImpl& model) {
 }
 
 torch::Tensor read_tensor(const std::string& dir, const proto::TensorEntry& e) {
-  const std::string path = (fs::path(dir) / e.file()).string();
-  std::ifstream in(path, std::ios::binary);
-  SY_CHECK_AS(CheckpointError, in.good(), path, ": missing checkpoint file (tensor ", e.name(), ")");
-  in.seekg(e.offset());
+  // Everything the entry claims is checked against the file before anything is allocated for it.
+  const fs::path file(e.file());
+  SY_CHECK_AS(CheckpointError, !e.file().empty() && file == file.filename() && e.file() != "." && e.file() != "..",
+              dir, ": tensor ", e.name(), " names file '", e.file(), "', not a file of the checkpoint directory");
+  const std::string path = (fs::path(dir) / file).string();
+  std::error_code ec;
+  const auto file_bytes = static_cast<int64_t>(fs::file_size(path, ec));
+  SY_CHECK_AS(CheckpointError, !ec, path, ": missing checkpoint file (tensor ", e.name(), ")");
+  const auto dtype = dtype_from(e.dtype(), path);
+  const int64_t element = static_cast<int64_t>(c10::elementSize(dtype));
   std::vector<int64_t> shape(e.shape().begin(), e.shape().end());
-  auto t = torch::empty(shape, dtype_from(e.dtype(), path));
-  SY_CHECK_AS(CheckpointError, static_cast<int64_t>(t.numel() * t.element_size()) == e.nbytes(), path,
-              ": tensor ", e.name(), " declares ", e.nbytes(), " bytes for its shape and dtype");
+  int64_t numel = 1;
+  for (const int64_t d : shape) {
+    SY_CHECK_AS(CheckpointError, d >= 0 && (d == 0 || numel <= std::numeric_limits<int64_t>::max() / element / d), path,
+                ": tensor ", e.name(), " has an impossible shape");
+    numel *= d;
+  }
+  SY_CHECK_AS(CheckpointError, numel * element == e.nbytes(), path, ": tensor ", e.name(), " declares ", e.nbytes(),
+              " bytes for its shape and dtype");
+  SY_CHECK_AS(CheckpointError, e.offset() >= 0 && e.offset() <= file_bytes && e.nbytes() <= file_bytes - e.offset(),
+              path, ": truncated: tensor ", e.name(), " wants ", e.nbytes(), " bytes at offset ", e.offset(),
+              ", the file has ", file_bytes);
+  std::ifstream in(path, std::ios::binary);
+  SY_CHECK_AS(CheckpointError, in.good(), path, ": cannot open checkpoint file (tensor ", e.name(), ")");
+  in.seekg(e.offset());
+  auto t = torch::empty(shape, dtype);
   in.read(static_cast<char*>(t.data_ptr()), e.nbytes());
   SY_CHECK_AS(CheckpointError, in.gcount() == e.nbytes(), path, ": truncated: tensor ", e.name(), " wants ",
               e.nbytes(), " bytes at offset ", e.offset(), ", the file has ", in.gcount());

@@ -144,6 +144,12 @@ TEST(Config, UnknownKeySuggestsClosest) {
   EXPECT_EQ(far.find("did you mean"), std::string::npos);
 }
 
+TEST(Config, AKeyThatIsNotANameIsRefused) {
+  // Found by fuzz.config: a flow map used as a key leaked yaml-cpp's bad-conversion exception.
+  EXPECT_HAS(load_error("model:\n  d_model: 64\n  {expert_parallel: 2}: 1\n"), "model: a key that is not a name");
+  EXPECT_HAS(load_error("[1, 2]: 3\n"), "config: a key that is not a name");
+}
+
 TEST(Config, MalformedYamlNamesFileAndLine) {
   EXPECT_HAS(load_error("model:\n  d_model: 3\n  moe: {num_experts: 4\n"), "test.yaml:");
   EXPECT_HAS(load_error("model:\n  d_model: [1,\n"), "malformed YAML");
