@@ -123,7 +123,8 @@ RunDirLock::~RunDirLock() {
   ::close(fd_);
 }
 
-StartPoint choose_start(const std::string& run_dir_text, const CheckpointManager& checkpoints, const ResumeMode& mode) {
+StartPoint choose_start(const std::string& run_dir_text, const CheckpointManager& checkpoints, const ResumeMode& mode,
+                        const std::string& config_yaml) {
   const fs::path run_dir(run_dir_text);
   StartPoint start;
   if (mode.kind == ResumeMode::Kind::kPath) {
@@ -153,6 +154,16 @@ StartPoint choose_start(const std::string& run_dir_text, const CheckpointManager
   SY_CHECK_AS(CheckpointError, !latest.outside, latest.problem,
               ": refusing to resume from another run's checkpoint (name one with --resume PATH)");
   if (existing.empty()) {
+    // The same run launched again before its first checkpoint (a crash or a requeue): nothing it
+    // wrote can be resumed, so it starts over; its metrics describe steps that will be run again.
+    std::error_code ec;
+    if (earlier && fs::is_regular_file(run_dir / "config.yaml", ec) &&
+        core::read_file((run_dir / "config.yaml").string()) == config_yaml) {
+      remove_results(run_dir);
+      start.notes.push_back(run_dir_text + ": the earlier launch of this config ended before its first checkpoint; "
+                            "starting over");
+      return start;
+    }
     SY_CHECK_AS(CheckpointError, !earlier, run_dir_text, ": holds an earlier run's metrics but no checkpoint",
                 latest.present ? " (" + latest.problem + ")" : std::string(),
                 ": pass --resume never --overwrite to start over, or another --run-dir");

@@ -49,9 +49,12 @@ struct StartPoint {
 ///          loop, a name that is no checkpoint here), the newest checkpoint that verifies (manifest,
 ///          fields and every tensor's checksum), noting why. Refuses (CheckpointError) when `latest`
 ///          names a path outside the run, or when checkpoints exist and none verifies. From scratch
-///          only when the directory holds no earlier results at all.
+///          when the directory holds no earlier results, or only those of an earlier launch of the
+///          same config (`config_yaml` equal to its config.yaml) that ended before its first
+///          checkpoint (they are removed); otherwise, metrics without a checkpoint are refused.
 ///   kNever: from scratch; refuses when earlier results exist unless `overwrite`, which deletes them.
 /// "Earlier results": any checkpoint, or metrics.jsonl with a line.
-StartPoint choose_start(const std::string& run_dir, const CheckpointManager& checkpoints, const ResumeMode& mode);
+StartPoint choose_start(const std::string& run_dir, const CheckpointManager& checkpoints, const ResumeMode& mode,
+                        const std::string& config_yaml);
 
 }  // namespace switchyard::trainer

@@ -484,7 +484,7 @@ std::unique_ptr<RunDirLock> Trainer::start_run(const ResumeMode& resume) {
   // Rank 0 decides where the run starts (it alone may delete, with --overwrite); every rank follows.
   std::string from;
   if (rank0) {
-    const auto start = choose_start(run_dir.string(), *checkpoints_, resume);
+    const auto start = choose_start(run_dir.string(), *checkpoints_, resume, core::dump_config(config_));
     for (const auto& note : start.notes) core::log_warn(note);
     from = start.checkpoint.value_or("");
   }

@@ -61,6 +61,20 @@ train "$run" --resume never --overwrite; status=$?
 [ "$status" -eq 0 ] && grep -q "removed the earlier run's results" "$run.log" && [ "$(wc -l <"$run/metrics.jsonl")" -eq 8 ] &&
   ok "--resume never --overwrite: starts over" || fail "--overwrite: status $status"
 
+# 1b. Metrics but no checkpoint: the same config launched again (a crash or requeue before the first
+# checkpoint) starts over; another config is refused.
+run=$work/early
+SWITCHYARD_FAULT_INJECT=throw_at_step:3 train "$run" --set train.log_every=1
+train "$run" --set train.log_every=1; status=$?
+[ "$status" -eq 0 ] && grep -q "ended before its first checkpoint; starting over" "$run.log" &&
+  [ "$(awk -F'[:,]' '{ print $2 }' "$run/metrics.jsonl" | tr '\n' ' ')" = "1 2 3 4 5 6 7 8 " ] &&
+  ok "the same config relaunched before its first checkpoint starts over (metrics steps 1-8 once)" ||
+  fail "early relaunch: status $status: $(grep -E 'error|warning' "$run.log" | head -n 2)"
+rm -rf "$run/checkpoints"
+train "$run" --set train.log_every=1 --set train.lr=0.001; status=$?
+[ "$status" -eq 2 ] && grep -q "holds an earlier run's metrics but no checkpoint" "$run.log" &&
+  ok "another config over metrics without a checkpoint is refused (exit 2)" || fail "other config: status $status"
+
 # 2. One job per run directory.
 run=$work/busy
 train "$run" --set train.steps=400 --set train.checkpoint_every=100 &
