@@ -19,6 +19,13 @@ write notmap.yaml     $'model: 12'
 write section.yaml    $'modle:\n  d_model: 64'
 write tabs.yaml       $'model:\n\td_model: 64'
 write good.yaml       $'model:\n  d_model: 64'
+write mapkey.yaml     $'model:\n  d_model: 64\n  {expert_parallel: 2}: 1'
+# Hostile input (issue 23): an alias bomb (9^9 nodes if expanded), 100k levels of nesting, a 4 MB string.
+{ echo 'a: &a ["x","x","x","x","x","x","x","x","x"]'
+  prev=a; for n in b c d e f g h i; do echo "$n: &$n [*$prev,*$prev,*$prev,*$prev,*$prev,*$prev,*$prev,*$prev,*$prev]"; prev=$n; done
+  echo 'model: {d_model: *i}'; } >"$tmp/bomb.yaml"
+{ printf 'model:\n  d_model: '; head -c 100000 /dev/zero | tr '\0' '['; head -c 100000 /dev/zero | tr '\0' ']'; echo; } >"$tmp/deep.yaml"
+{ printf 'train:\n  run_dir: "'; head -c 4000000 /dev/zero | tr '\0' 'a'; printf '"\n  steps: x\n'; } >"$tmp/long.yaml"
 
 # name | expected substring | arguments after "config check"
 cases=(
@@ -36,13 +43,23 @@ cases=(
   "bad --set key|train.stpes: unknown key (did you mean 'train.steps'?)|--config $tmp/good.yaml --set train.stpes=3"
   "bad --set value|train.lr: must be in (0, 10], got -1|--config $tmp/good.yaml --set train.lr=-1"
   "no --config|--config is required|"
+  "a map as a key|model: a key that is not a name|--config $tmp/mapkey.yaml"
+  "alias bomb|model.d_model: expected an integer, got a list|--config $tmp/bomb.yaml"
+  "deep nesting|$tmp/deep.yaml:|--config $tmp/deep.yaml"
+  "4 MB string|train.steps: expected an integer|--config $tmp/long.yaml"
+  "experts 1e9|model.moe.num_experts: must be in [1, 4096], got 1000000000|--config $tmp/good.yaml --set model.moe.num_experts=1000000000"
+  "seq_len 1e12|model.seq_len: must be in [2, 1048576], got 1000000000000|--config $tmp/good.yaml --set model.seq_len=1000000000000"
+  "NaN|train.lr: expected a number, got 'nan'|--config $tmp/good.yaml --set train.lr=nan"
+  "inf|model.moe.capacity_factor: expected a number, got 'inf'|--config $tmp/good.yaml --set model.moe.capacity_factor=inf"
 )
 
 for c in "${cases[@]}"; do
   IFS='|' read -r name expected args <<<"$c"
+  start=$SECONDS
   # shellcheck disable=SC2086
-  "$bin" config check $args >"$tmp/out" 2>"$tmp/err"
+  timeout 30 "$bin" config check $args >"$tmp/out" 2>"$tmp/err"
   status=$?
+  [ $((SECONDS - start)) -le 10 ] || { echo "FAIL [$name]: took $((SECONDS - start)) s"; failures=$((failures + 1)); }
   lines=$(wc -l <"$tmp/err")
   first=$(head -n 1 "$tmp/err")
   if [ "$status" -ne 2 ]; then
@@ -68,6 +85,15 @@ else
   echo "ok   [good config round trip]"
 fi
 
+# Sizes each inside their bounds whose product cannot fit: refused before allocating, naming the keys.
+timeout 60 "$bin" train --config "$tmp/good.yaml" --set model.vocab_size=1073741824 --set model.d_model=65536 \
+  --set model.n_heads=16 --run-dir "$tmp/huge" >"$tmp/out" 2>"$tmp/err"; status=$?
+if [ "$status" -ne 2 ] || ! grep -q "^error: .*model.vocab_size x model.d_model" "$tmp/err"; then
+  echo "FAIL [model too big for memory]: status $status: $(tail -n 2 "$tmp/err")"; failures=$((failures + 1))
+else
+  echo "ok   [model too big for memory]: $(head -c 160 "$tmp/err")"
+fi
+
 # Unknown subcommands are usage errors.
 "$bin" frobnicate >"$tmp/out" 2>"$tmp/err"; status=$?
 if [ "$status" -ne 2 ] || [[ "$(head -n1 "$tmp/err")" != error:* ]]; then
@@ -76,6 +102,6 @@ else
   echo "ok   [unknown subcommand]"
 fi
 
-total=$(( ${#cases[@]} + 2 ))
+total=$(( ${#cases[@]} + 3 ))
 echo "$((total - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]
