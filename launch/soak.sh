@@ -6,9 +6,10 @@
 #
 #   launch/soak.sh [--minutes M] [--ranks N] [--steps S] [--seed R] [--config FILE] [--work DIR]
 #
-# Each round waits 2-12 s, then sends one rank SIGKILL (a crash: the steps since the last checkpoint
-# are redone), SIGTERM or SIGUSR1 (preemption: a checkpoint of the current step, exit 0), or nothing
-# (the round runs to the end). Rounds stop at --minutes; the run is then finished without faults.
+# Each round starts the job (it resumes), waits 2-12 s, then sends one of its ranks SIGKILL (a crash:
+# the steps since the last checkpoint are redone), SIGTERM or SIGUSR1 (preemption: a checkpoint of the
+# current step, exit 0). Rounds stop at --minutes or when the run is complete; the run is then
+# finished without faults.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 minutes=10 ranks=2 steps=300 seed=1 config=configs/quickstart.yaml work=""
@@ -39,13 +40,14 @@ train() {  # run_dir
 }
 losses() { awk -F'[:,]' '{ print $2, $4 }' "$1/metrics.jsonl"; }
 final_eval() {
-  "$bin" eval --config "$config" "${sets[@]}" --checkpoint "$1/checkpoints/$(cat "$1/checkpoints/latest")" 2>/dev/null | tail -n 1
+  "$bin" eval --config "$config" "${sets[@]}" --set parallel.expert_parallel=1 \
+    --checkpoint "$1/checkpoints/$(cat "$1/checkpoints/latest")" 2>/dev/null | tail -n 1
 }
 
 echo "soak: $ranks ranks, $steps steps of $config, faults for $minutes min, seed $seed, in $work"
 train "$work/reference" || { echo "error: the uninterrupted run failed: $(tail -n 3 "$work/reference.log")" >&2; exit 1; }
 
-declare -A faults=([KILL]=0 [TERM]=0 [USR1]=0 [none]=0)
+declare -A faults=([KILL]=0 [TERM]=0 [USR1]=0)
 corrupt=0 rounds=0 slowest_end=0
 deadline=$((SECONDS + 60 * minutes))
 while [ "$SECONDS" -lt "$deadline" ]; do
@@ -54,15 +56,14 @@ while [ "$SECONDS" -lt "$deadline" ]; do
   train "$work/soak" &
   job=$!
   sleep "$((2 + RANDOM % 11))"
-  signal=$(echo KILL TERM USR1 none | tr ' ' '\n' | sed -n "$((1 + RANDOM % 4))p")
+  signal=$(echo KILL TERM USR1 | tr ' ' '\n' | sed -n "$((1 + RANDOM % 3))p")
   pids=$(pgrep -f -- "--run-dir $work/soak" | while read -r p; do
     [ "$(cat /proc/"$p"/comm 2>/dev/null)" = switchyard ] && echo "$p"; done)
   target=$(echo "$pids" | shuf -n 1 --random-source=<(yes "$RANDOM"))
   start=$SECONDS
-  if [ "$signal" != none ] && [ -n "$target" ]; then kill -"$signal" "$target" 2>/dev/null; fi
-  faults[$signal]=$((faults[$signal] + 1))
+  if [ -n "$target" ] && kill -"$signal" "$target" 2>/dev/null; then faults[$signal]=$((faults[$signal] + 1)); fi
   wait "$job"
-  [ "$signal" != none ] && [ $((SECONDS - start)) -gt "$slowest_end" ] && slowest_end=$((SECONDS - start))
+  [ $((SECONDS - start)) -gt "$slowest_end" ] && slowest_end=$((SECONDS - start))
   for c in "$work"/soak/checkpoints/step_*; do
     [ -d "$c" ] || continue
     "$bin" inspect "$c" >/dev/null 2>&1 || { echo "corrupt checkpoint after round $rounds ($signal): $c"; corrupt=$((corrupt + 1)); }
@@ -74,7 +75,7 @@ same_losses=no; same_model=no
 cmp -s <(losses "$work/reference") <(losses "$work/soak") && same_losses=yes
 a=$(final_eval "$work/reference"); b=$(final_eval "$work/soak")
 [ -n "$a" ] && [ "$a" = "$b" ] && same_model=yes
-echo "soak: $rounds rounds in $SECONDS s (SIGKILL ${faults[KILL]}, SIGTERM ${faults[TERM]}, SIGUSR1 ${faults[USR1]}," \
-     "none ${faults[none]}); slowest job end after a fault ${slowest_end} s; corrupt checkpoints $corrupt;" \
+echo "soak: $rounds rounds in $SECONDS s (SIGKILL ${faults[KILL]}, SIGTERM ${faults[TERM]}, SIGUSR1 ${faults[USR1]}" \
+     "delivered); slowest job end after a fault ${slowest_end} s; corrupt checkpoints $corrupt;" \
      "losses equal to the uninterrupted run: $same_losses; final validation $b vs $a: $same_model"
 [ "$corrupt" -eq 0 ] && [ "$same_losses" = yes ] && [ "$same_model" = yes ]

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -90,11 +91,11 @@ ResumeMode ResumeMode::parse(const std::string& text, bool overwrite) {
   return m;
 }
 
-RunDirLock::RunDirLock(const std::string& run_dir) {
+RunDirLock::RunDirLock(const std::string& run_dir) : run_dir_(run_dir), path_((fs::path(run_dir) / ".lock").string()) {
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   SY_CHECK_AS(IoError, !ec, run_dir, ": cannot create the run directory (", ec.message(), ")");
-  const std::string path = (fs::path(run_dir) / ".lock").string();
+  const std::string& path = path_;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   SY_CHECK_AS(IoError, fd_ >= 0, path, ": cannot open the run directory's lock (", std::strerror(errno), ")");
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
@@ -115,6 +116,14 @@ RunDirLock::RunDirLock(const std::string& run_dir) {
   const bool ok = ::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, me.data(), me.size(), 0) == static_cast<ssize_t>(me.size());
   SY_CHECK_AS(IoError, ok, path, ": cannot write the run directory's lock (", std::strerror(errno), ")");
   (void)::fsync(fd_);
+}
+
+void RunDirLock::check_still_held() const {
+  struct stat held {}, now {};
+  const bool same = ::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &now) == 0 && held.st_ino == now.st_ino &&
+                    held.st_dev == now.st_dev;
+  SY_CHECK_AS(IoError, same, run_dir_, ": the run directory vanished or was replaced while the job ran (its lock ",
+              path_, " is not the one this job holds); stopping without writing into it");
 }
 
 RunDirLock::~RunDirLock() {

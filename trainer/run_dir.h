@@ -32,8 +32,12 @@ class RunDirLock {
   ~RunDirLock();
   RunDirLock(const RunDirLock&) = delete;
   RunDirLock& operator=(const RunDirLock&) = delete;
+  /// Throws IoError when the lock file is no longer the one this job holds: the run directory was
+  /// deleted, moved or replaced under the job, and writing on would scatter the run.
+  void check_still_held() const;
 
  private:
+  std::string run_dir_, path_;
   int fd_ = -1;
 };
 

@@ -609,6 +609,7 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
       core::log_info("profile: steps ", profile_from + 1, "-", step + 1, " in ", profile.path);
     }
     ++window_steps;
+    if (lock) lock->check_still_held();  // rank 0, before writing anything more into the run directory
     const bool last = state_.step == config_.train.steps;
     const bool log = config_.train.log_every > 0 && (state_.step % config_.train.log_every == 0 || last);
     const bool eval = config_.train.eval_every > 0 && (state_.step % config_.train.eval_every == 0 || last);

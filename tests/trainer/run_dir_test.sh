@@ -93,6 +93,19 @@ run=$work/stale; cp -r "$work/base" "$run"; echo "$(hostname) 999999 1" >"$run/.
 train "$run" --set train.steps=10; status=$?
 [ "$status" -eq 0 ] && ok "a stale lock (its process gone) is taken over" || fail "stale lock: status $status: $(grep error "$run.log")"
 
+# 2b. The run directory deleted under a running job: rank 0 notices at the next step (its lock is
+# gone) and the job ends, instead of writing checkpoints into a recreated directory without metrics.
+run=$work/vanish
+train "$run" --set train.steps=100000 --set train.checkpoint_every=0 &
+job=$!
+for _ in $(seq 300); do grep -q '"step":2,' "$run/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+rm -rf "$run"
+start=$SECONDS
+wait "$job"; status=$?
+[ "$status" -eq 1 ] && grep -q "^error: .*vanished or was replaced while the job ran" "$run.log" && [ ! -e "$run" ] &&
+  ok "a run directory deleted mid-run ends the job in $((SECONDS - start)) s (exit 1), nothing recreated" ||
+  fail "vanished run directory: status $status, $(grep -m1 error "$run.log"), exists: $([ -e "$run" ] && echo yes)"
+
 # 3. Failed writes lose nothing.
 run=$work/diskfull; cp -r "$work/base" "$run"
 echo "step_00000004" >"$run/checkpoints/latest"  # resume at 4: the metrics are compacted to steps 1-4
