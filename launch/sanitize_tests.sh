@@ -34,6 +34,7 @@ run() {  # label, command...
   fi
 }
 for t in "${unit[@]}"; do run "$t" "build-asan/bin/$t"; done
-for t in "${fuzz[@]}"; do run "$t" "build-asan/bin/$t" --seconds 3 "tests/fuzz/corpus/${t#fuzz_}"; done
+# (Run from build-asan/, where a fuzz target writes the input of a failure: crash-<target>-<pid>.)
+for t in "${fuzz[@]}"; do run "$t" bash -c "cd build-asan && bin/$t --seconds 3 ../tests/fuzz/corpus/${t#fuzz_}"; done
 for t in "${mpi[@]}"; do run "$t.np2" mpiexec -n 2 "${mpi_flags[@]}" "build-asan/bin/$t"; done
 exit "$failed"
