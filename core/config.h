@@ -28,6 +28,8 @@ enum class Precision { kFp32, kBf16, kFp64 };
 enum class DeviceKind { kCpu, kCuda };
 enum class NanPolicy { kSkip, kError };
 enum class RecomputeKind { kNone, kMoE, kFull };
+enum class LrSchedule { kCosine, kWsd, kConstant, kInverseSqrt };
+enum class DecayShape { kLinear, kCosine, kOneMinusSqrt };
 
 /// The YAML spelling of each enum value, in declaration order.
 template <class E>
@@ -59,6 +61,10 @@ SY_ENUM_NAMES(Precision, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"},
 SY_ENUM_NAMES(DeviceKind, {DeviceKind::kCpu, "cpu"}, {DeviceKind::kCuda, "cuda"});
 SY_ENUM_NAMES(NanPolicy, {NanPolicy::kSkip, "skip"}, {NanPolicy::kError, "error"});
 SY_ENUM_NAMES(RecomputeKind, {RecomputeKind::kNone, "none"}, {RecomputeKind::kMoE, "moe"}, {RecomputeKind::kFull, "full"});
+SY_ENUM_NAMES(LrSchedule, {LrSchedule::kCosine, "cosine"}, {LrSchedule::kWsd, "wsd"}, {LrSchedule::kConstant, "constant"},
+              {LrSchedule::kInverseSqrt, "inverse_sqrt"});
+SY_ENUM_NAMES(DecayShape, {DecayShape::kLinear, "linear"}, {DecayShape::kCosine, "cosine"},
+              {DecayShape::kOneMinusSqrt, "1-sqrt"});
 #undef SY_ENUM_NAMES
 
 template <class E>
@@ -269,6 +275,9 @@ struct TrainConfig {
   double lr = 3e-3;
   double min_lr_ratio = 0.1;
   int64_t warmup_steps = 20;
+  LrSchedule lr_schedule = LrSchedule::kCosine;
+  double decay_fraction = 0.2;
+  DecayShape decay_shape = DecayShape::kOneMinusSqrt;
   double weight_decay = 0.1;
   double beta1 = 0.9;
   double beta2 = 0.95;
@@ -297,9 +306,15 @@ struct TrainConfig {
     v.field("global_batch", global_batch, "sequences per optimizer step over all ranks", Bounds::in(1, 1 << 24));
     v.field("micro_batch", micro_batch, "sequences per rank per forward pass", Bounds::in(1, 1 << 24));
     v.field("lr", lr, "peak learning rate (AdamW)", Bounds::in_open_lo(0, 10));
-    v.field("min_lr_ratio", min_lr_ratio, "final learning rate of the cosine schedule, as a share of lr",
+    v.field("min_lr_ratio", min_lr_ratio, "final learning rate of the cosine and wsd schedules, as a share of lr",
             Bounds::in(0, 1));
     v.field("warmup_steps", warmup_steps, "linear warmup steps", Bounds::at_least(0));
+    v.field("lr_schedule", lr_schedule, "after warmup: cosine (to min_lr_ratio at the last step), wsd (constant, then "
+                                        "a decay to min_lr_ratio over the last decay_fraction of the steps), constant, "
+                                        "or inverse_sqrt (lr * sqrt(warmup_steps / step))");
+    v.field("decay_fraction", decay_fraction, "wsd: share of train.steps spent decaying", Bounds::in(0, 1));
+    v.field("decay_shape", decay_shape, "wsd: shape of the decay: linear, cosine, or 1-sqrt (lr falls as "
+                                        "1 - sqrt(progress))");
     v.field("weight_decay", weight_decay, "AdamW decoupled weight decay", Bounds::in(0, 10));
     v.field("beta1", beta1, "AdamW beta1", Bounds::in(0, 0.999999));
     v.field("beta2", beta2, "AdamW beta2", Bounds::in(0, 0.999999));

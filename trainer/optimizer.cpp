@@ -109,9 +109,28 @@ double learning_rate(const core::TrainConfig& config, int64_t step) {
   if (config.warmup_steps > 0 && step < config.warmup_steps) {
     return config.lr * static_cast<double>(step + 1) / static_cast<double>(config.warmup_steps);
   }
+  const double min_lr = config.lr * config.min_lr_ratio;
+  switch (config.lr_schedule) {
+    case core::LrSchedule::kConstant: return config.lr;
+    case core::LrSchedule::kInverseSqrt:
+      return config.lr * std::sqrt(static_cast<double>(std::max<int64_t>(1, config.warmup_steps)) /
+                                   static_cast<double>(std::max<int64_t>(step + 1, std::max<int64_t>(1, config.warmup_steps))));
+    case core::LrSchedule::kWsd: {
+      // Stable at lr until the decay starts, then down to min_lr at the last step (step steps - 1).
+      const int64_t decay_steps = static_cast<int64_t>(std::ceil(config.decay_fraction * static_cast<double>(config.steps)));
+      const int64_t decay_start = std::max(config.warmup_steps, config.steps - decay_steps);
+      if (step < decay_start || decay_steps == 0) return config.lr;
+      const double span = static_cast<double>(std::max<int64_t>(1, config.steps - 1 - decay_start));
+      const double progress = std::min(1.0, static_cast<double>(step - decay_start) / span);
+      double left = 1 - progress;  // linear
+      if (config.decay_shape == core::DecayShape::kCosine) left = 0.5 * (1 + std::cos(M_PI * progress));
+      if (config.decay_shape == core::DecayShape::kOneMinusSqrt) left = 1 - std::sqrt(progress);
+      return min_lr + (config.lr - min_lr) * left;
+    }
+    case core::LrSchedule::kCosine: break;
+  }
   const double span = std::max<int64_t>(1, config.steps - config.warmup_steps);
   const double progress = std::min(1.0, static_cast<double>(step - config.warmup_steps) / span);
-  const double min_lr = config.lr * config.min_lr_ratio;
   return min_lr + 0.5 * (config.lr - min_lr) * (1 + std::cos(M_PI * progress));
 }
 

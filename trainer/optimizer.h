@@ -44,7 +44,11 @@ class AdamW {
   int64_t steps_ = 0;
 };
 
-/// Linear warmup to lr over warmup_steps, then cosine decay to lr * min_lr_ratio at `steps`.
+/// The learning rate of 0-based `step`: linear warmup to lr over warmup_steps, then train.lr_schedule:
+/// cosine to lr * min_lr_ratio at `steps`; wsd (warmup-stable-decay) stable at lr, then a decay of
+/// decay_shape over the last ceil(decay_fraction * steps) steps, reaching lr * min_lr_ratio at the
+/// last step; constant; inverse_sqrt, lr * sqrt(warmup_steps / (step + 1)). A function of the step
+/// alone, so a resume in any phase continues it exactly.
 double learning_rate(const core::TrainConfig& config, int64_t step);
 
 }  // namespace switchyard::trainer

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Preemption (train.checkpoint_on_signal): SIGUSR1 or SIGTERM to one rank of a running job makes every
-# rank finish the step, save a checkpoint and exit 0; resumed, the run continues the uninterrupted
-# run's losses bitwise. Also: SIGUSR1 to mpiexec (which forwards it), and the option off (the signal
+# rank finish the step, save a checkpoint and exit 0; resumed (mid-way through a WSD decay), the run
+# continues the uninterrupted run's losses and learning rates bitwise. Also: SIGUSR1 to mpiexec (which forwards it), and the option off (the signal
 # ends the job, non-zero, no checkpoint beyond the schedule's).
 # Usage: signal_test.sh <switchyard> <mpiexec> <mpiexec flags...>
 source "$(dirname "$0")/tiny_run.sh"
@@ -11,19 +11,23 @@ train() {  # run_dir, extra args...
   timeout 300 "$mpiexec" -n 2 "${flags[@]}" "$bin" train --config "$cfg" "${common[@]}" \
     --set parallel.expert_parallel=2 --set train.checkpoint_every=0 --run-dir "$dir" "$@" >>"$dir.log" 2>&1
 }
-losses() { awk -F'[:,]' '{ print $2, $4 }' "$1/metrics.jsonl"; }
+# step, loss and learning rate of each metrics line
+losses() { awk -F'[:,]' '{ match($0, /"lr":[^,]*/); print $2, $4, substr($0, RSTART, RLENGTH) }' "$1/metrics.jsonl"; }
+# Case 1 runs the WSD schedule with its decay from step 3 on, so the resume at step 5 is mid-decay.
+wsd=(--set train.lr_schedule=wsd --set train.decay_fraction=0.75 --set train.decay_shape=1-sqrt)
 
 # 1. A signal raised inside rank 1 at step 5 (deterministic): a checkpoint of step 5, exit 0, resume.
-train "$work/full" || fail "uninterrupted run: $(tail -n 3 "$work/full.log")"
-SWITCHYARD_FAULT_INJECT=usr1_at_step:5@1 train "$work/signalled"
+train "$work/full" "${wsd[@]}" || fail "uninterrupted run: $(tail -n 3 "$work/full.log")"
+SWITCHYARD_FAULT_INJECT=usr1_at_step:5@1 train "$work/signalled" "${wsd[@]}"
 status=$?
 [ "$status" -eq 0 ] && ok "signalled run exits 0" || fail "signalled run exit $status: $(tail -n 3 "$work/signalled.log")"
 [ "$(cat "$work/signalled/checkpoints/latest" 2>/dev/null)" = "step_00000005" ] &&
   ok "latest names the step-5 checkpoint written on the signal" || fail "latest: $(ls "$work/signalled/checkpoints" 2>&1)"
 grep -q "stop signal .* received: checkpoint of step 5 saved" "$work/signalled.log" && ok "the exit is explained" ||
   fail "no stop-signal line: $(tail -n 2 "$work/signalled.log")"
-train "$work/signalled" || fail "resume: $(tail -n 3 "$work/signalled.log")"
-if cmp -s <(losses "$work/full") <(losses "$work/signalled"); then ok "resumed losses equal the uninterrupted run bitwise"
+train "$work/signalled" "${wsd[@]}" || fail "resume: $(tail -n 3 "$work/signalled.log")"
+if cmp -s <(losses "$work/full") <(losses "$work/signalled"); then
+  ok "resumed mid-decay (wsd): losses and learning rates equal the uninterrupted run bitwise"
 else fail "losses differ:"; diff <(losses "$work/full") <(losses "$work/signalled"); fi
 
 # 2. Real signals from outside, to one rank (SIGTERM) and to mpiexec (SIGUSR1, forwarded), mid-run.

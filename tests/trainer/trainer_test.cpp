@@ -114,6 +114,59 @@ TEST(Schedule, WarmupThenCosineToMin) {
   EXPECT_NEAR(learning_rate(cfg, 110), 0.1, 1e-12);
 }
 
+TEST(Schedule, WsdIsStableThenDecaysToMinAtTheLastStep) {
+  core::TrainConfig cfg;
+  cfg.lr = 1.0;
+  cfg.min_lr_ratio = 0.1;
+  cfg.warmup_steps = 10;
+  cfg.steps = 100;
+  cfg.lr_schedule = core::LrSchedule::kWsd;
+  cfg.decay_fraction = 0.2;  // decay over steps 80-99
+  for (const auto shape : {core::DecayShape::kLinear, core::DecayShape::kCosine, core::DecayShape::kOneMinusSqrt}) {
+    cfg.decay_shape = shape;
+    EXPECT_NEAR(learning_rate(cfg, 0), 0.1, 1e-12);   // warmup
+    EXPECT_NEAR(learning_rate(cfg, 10), 1.0, 1e-12);  // stable
+    EXPECT_NEAR(learning_rate(cfg, 79), 1.0, 1e-12);
+    EXPECT_NEAR(learning_rate(cfg, 80), 1.0, 1e-12);  // the decay's first step
+    EXPECT_NEAR(learning_rate(cfg, 99), 0.1, 1e-12);  // the last step reaches min
+    EXPECT_NEAR(learning_rate(cfg, 150), 0.1, 1e-12);
+  }
+  const double p = 10.0 / 19.0;  // step 90
+  cfg.decay_shape = core::DecayShape::kLinear;
+  EXPECT_NEAR(learning_rate(cfg, 90), 0.1 + 0.9 * (1 - p), 1e-12);
+  cfg.decay_shape = core::DecayShape::kCosine;
+  EXPECT_NEAR(learning_rate(cfg, 90), 0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * p)), 1e-12);
+  cfg.decay_shape = core::DecayShape::kOneMinusSqrt;
+  EXPECT_NEAR(learning_rate(cfg, 90), 0.1 + 0.9 * (1 - std::sqrt(p)), 1e-12);
+  // Corners: no decay at all; a decay over every step after warmup; a decay longer than the run.
+  cfg.decay_shape = core::DecayShape::kLinear;
+  cfg.decay_fraction = 0;
+  EXPECT_NEAR(learning_rate(cfg, 99), 1.0, 1e-12);
+  cfg.decay_fraction = 1;
+  EXPECT_NEAR(learning_rate(cfg, 10), 1.0, 1e-12);
+  EXPECT_NEAR(learning_rate(cfg, 99), 0.1, 1e-12);
+  EXPECT_LT(learning_rate(cfg, 11), 1.0);
+  EXPECT_NEAR(learning_rate(cfg, 9), 1.0, 1e-12);  // warmup is never cut short
+}
+
+TEST(Schedule, ConstantAndInverseSqrt) {
+  core::TrainConfig cfg;
+  cfg.lr = 2.0;
+  cfg.warmup_steps = 16;
+  cfg.steps = 1000;
+  cfg.lr_schedule = core::LrSchedule::kConstant;
+  EXPECT_NEAR(learning_rate(cfg, 7), 1.0, 1e-12);
+  EXPECT_NEAR(learning_rate(cfg, 16), 2.0, 1e-12);
+  EXPECT_NEAR(learning_rate(cfg, 999), 2.0, 1e-12);
+  cfg.lr_schedule = core::LrSchedule::kInverseSqrt;
+  EXPECT_NEAR(learning_rate(cfg, 15), 2.0, 1e-12);  // the warmup's peak
+  EXPECT_NEAR(learning_rate(cfg, 16), 2.0 * std::sqrt(16.0 / 17.0), 1e-12);
+  EXPECT_NEAR(learning_rate(cfg, 63), 1.0, 1e-12);  // sqrt(16 / 64) = 1/2
+  cfg.warmup_steps = 0;
+  EXPECT_NEAR(learning_rate(cfg, 0), 2.0, 1e-12);
+  EXPECT_NEAR(learning_rate(cfg, 3), 1.0, 1e-12);
+}
+
 TEST(Crc32c, KnownVectors) {
   EXPECT_EQ(core::crc32c("123456789", 9), 0xE3069283u);
   EXPECT_EQ(core::crc32c("", 0), 0u);
