@@ -204,13 +204,12 @@ std::string TextSource::describe() const {
 
 TokenFileSource::TokenFileSource(const std::string& path, core::TokenDtype dtype)
     : path_(path), item_size_(dtype == core::TokenDtype::kUint16 ? 2 : 4) {
-  require_regular_file(path);
-  const auto bytes = static_cast<int64_t>(fs::file_size(path));
+  stamp_ = FileStamp::of(path);
+  const int64_t bytes = stamp_.bytes;
   SY_CHECK_AS(DataError, bytes % item_size_ == 0, path, ": size ", bytes, " is not a multiple of ", item_size_,
               " (data.token_dtype ", core::enum_name(dtype), ")");
   num_tokens_ = bytes / item_size_;
   SY_CHECK_AS(DataError, num_tokens_ > 0, path, ": empty (data.path)");
-  stamp_ = FileStamp::of(path);
 }
 
 void TokenFileSource::read(int64_t offset, int64_t count, int64_t* out) const {
@@ -299,7 +298,7 @@ MegatronSource::MegatronSource(const std::string& prefix) : prefix_(prefix) {
                 " sequences in order");
   }
   bin_stamp_ = FileStamp::of(bin_path);
-  const auto bin_bytes = static_cast<int64_t>(fs::file_size(bin_path));
+  const int64_t bin_bytes = bin_stamp_.bytes;
   SY_CHECK_AS(DataError, bin_bytes >= num_tokens_ * item_size_, bin_path, ": truncated: ", bin_bytes,
               " bytes for ", num_tokens_, " tokens");
 }

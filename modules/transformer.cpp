@@ -11,6 +11,32 @@
 
 namespace switchyard::modules {
 
+namespace {
+
+/// Matrix sizes (elements) of one transformer block, for the FLOP and the parameter counts.
+struct BlockMatrices {
+  double attention;   ///< q and out, d x d; k and v, d x d_kv (narrower with grouped-query attention)
+  double per_expert;  ///< one routed or shared expert (2 or 3 matrices of d x ffn_hidden)
+  double router;      ///< d x (experts + null experts)
+  double dense_ffn;   ///< the SwiGLU FFN of a non-MoE block
+};
+
+BlockMatrices block_matrices(const core::ModelConfig& model) {
+  const double d = static_cast<double>(model.d_model);
+  const auto& moe = model.moe;
+  const double kv_width = d * static_cast<double>(model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads) /
+                          static_cast<double>(model.n_heads);
+  return {2 * d * d + 2 * d * kv_width,
+          (moe.expert_kind == core::ExpertKind::kSwiGLU ? 3.0 : 2.0) * d * static_cast<double>(moe.ffn_hidden),
+          d * static_cast<double>(moe.num_experts + moe.null_experts), 3.0 * d * static_cast<double>(model.dense_ffn_hidden)};
+}
+
+bool is_moe_block(const core::ModelConfig& model, int64_t l) {
+  return model.moe.every > 0 && (l + 1) % model.moe.every == 0;
+}
+
+}  // namespace
+
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));
 }
@@ -76,7 +102,7 @@ TransformerLMImpl::TransformerLMImpl(const core::ModelConfig& model, const core:
     norms1_.push_back(block->register_module("norm1", RMSNorm(model.d_model, model.norm_eps)));
     attentions_.push_back(block->register_module("attention", Attention(model)));
     norms2_.push_back(block->register_module("norm2", RMSNorm(model.d_model, model.norm_eps)));
-    if ((l + 1) % model.moe.every == 0) {
+    if (is_moe_block(model, l)) {
       moe_layers_.push_back(block->register_module(
           "moe", MoELayer(model, losses, l, seed, dispatchers ? dispatchers(l) : nullptr)));
       dense_ffns_.push_back(nullptr);
@@ -176,18 +202,15 @@ torch::Tensor TransformerLMImpl::lm_loss(const torch::Tensor& logits, const torc
 double model_flops_per_token(const core::ModelConfig& model) {
   const double d = static_cast<double>(model.d_model);
   const auto& moe = model.moe;
-  const double matrices = moe.expert_kind == core::ExpertKind::kSwiGLU ? 3.0 : 2.0;
-  const double per_expert = matrices * d * static_cast<double>(moe.ffn_hidden);
+  const auto m = block_matrices(model);
   double params = 0;  // multiply-accumulates per token
-  const double kv_width = d * static_cast<double>(model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads) /
-                          static_cast<double>(model.n_heads);
   for (int64_t l = 0; l < model.n_layers; ++l) {
-    params += 2 * d * d + 2 * d * kv_width;  // q and out; k and v (narrower with grouped-query attention)
-    if (model.moe.every > 0 && (l + 1) % model.moe.every == 0) {
-      params += static_cast<double>(moe.top_k) * per_expert + static_cast<double>(moe.shared_experts) * per_expert +
-                d * static_cast<double>(moe.num_experts + moe.null_experts);
+    params += m.attention;
+    if (is_moe_block(model, l)) {
+      params += static_cast<double>(moe.top_k) * m.per_expert + static_cast<double>(moe.shared_experts) * m.per_expert +
+                m.router;
     } else {
-      params += 3.0 * d * static_cast<double>(model.dense_ffn_hidden);
+      params += m.dense_ffn;
     }
   }
   params += d * static_cast<double>(model.vocab_size);
@@ -195,20 +218,19 @@ double model_flops_per_token(const core::ModelConfig& model) {
 }
 
 ParameterCounts parameters_per_rank(const core::ModelConfig& model, int64_t expert_parallel) {
-  const double d = static_cast<double>(model.d_model);
   const auto& moe = model.moe;
-  const double per_expert = (moe.expert_kind == core::ExpertKind::kSwiGLU ? 3.0 : 2.0) * d * static_cast<double>(moe.ffn_hidden);
-  const double kv_width = d * static_cast<double>(model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads) /
-                          static_cast<double>(model.n_heads);
+  const auto m = block_matrices(model);
+  const double experts_here =
+      std::ceil(static_cast<double>(moe.num_experts) / static_cast<double>(std::max<int64_t>(1, expert_parallel)));
   ParameterCounts c;
-  c.embedding = d * static_cast<double>(model.vocab_size) * (model.tie_embeddings ? 1.0 : 2.0);
+  c.embedding = static_cast<double>(model.d_model) * static_cast<double>(model.vocab_size) * (model.tie_embeddings ? 1.0 : 2.0);
   for (int64_t l = 0; l < model.n_layers; ++l) {
-    c.rest += 2 * d * d + 2 * d * kv_width;
-    if (model.moe.every > 0 && (l + 1) % model.moe.every == 0) {
-      c.experts += std::ceil(static_cast<double>(moe.num_experts) / static_cast<double>(std::max<int64_t>(1, expert_parallel))) * per_expert;
-      c.rest += static_cast<double>(moe.shared_experts) * per_expert + d * static_cast<double>(moe.num_experts + moe.null_experts);
+    c.rest += m.attention;
+    if (is_moe_block(model, l)) {
+      c.experts += experts_here * m.per_expert;
+      c.rest += static_cast<double>(moe.shared_experts) * m.per_expert + m.router;
     } else {
-      c.rest += 3.0 * d * static_cast<double>(model.dense_ffn_hidden);
+      c.rest += m.dense_ffn;
     }
   }
   return c;
