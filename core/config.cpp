@@ -342,17 +342,44 @@ std::string config_reference_markdown() {
   return out.str();
 }
 
+std::string family_mismatch(const ModelConfig& model, ModelFamily family) {
+  const auto& moe = model.moe;
+  const std::string name = enum_name(family);
+  const auto why = [&](const std::string& key, const std::string& rule, const std::string& got) {
+    return key + ": model.family " + name + " " + rule + ", got " + got;
+  };
+  if (family == ModelFamily::kCustom) return "model.family: custom names no Hugging Face architecture";
+  if (moe.router.kind != RouterKind::kTopK) return why("model.moe.router.kind", "routes by softmax top-k (topk)", enum_name(moe.router.kind));
+  if (moe.expert_kind != ExpertKind::kSwiGLU) return why("model.moe.expert_kind", "has SwiGLU experts", enum_name(moe.expert_kind));
+  if (moe.shared_experts != 0) return why("model.moe.shared_experts", "has none", std::to_string(moe.shared_experts));
+  if (moe.null_experts != 0) return why("model.moe.null_experts", "has none", std::to_string(moe.null_experts));
+  if (moe.capacity_factor > 0) return why("model.moe.capacity_factor", "is dropless (<= 0)", format_double(moe.capacity_factor));
+  const QkNorm qk = family == ModelFamily::kQwen3Moe ? QkNorm::kHead : family == ModelFamily::kOlmoe ? QkNorm::kFull : QkNorm::kNone;
+  if (model.qk_norm != qk) return why("model.qk_norm", std::string("is ") + enum_name(qk), enum_name(model.qk_norm));
+  if (family != ModelFamily::kQwen3Moe && moe.every != 1) {
+    return why("model.moe.every", "has an MoE FFN in every layer (1)", std::to_string(moe.every));
+  }
+  if (family == ModelFamily::kMixtral && !moe.router.normalize_topk) {
+    return why("model.moe.router.normalize_topk", "renormalizes the top-k gates (true)", "false");
+  }
+  return "";
+}
+
 void Config::validate() const {
   const auto& moe = model.moe;
-  require(model.d_model % model.n_heads == 0,
-          "model.n_heads: must divide model.d_model (" + std::to_string(model.d_model) + "), got " +
+  require(model.head_dim > 0 || model.d_model % model.n_heads == 0,
+          "model.n_heads: must divide model.d_model (" + std::to_string(model.d_model) + ") unless model.head_dim is set, got " +
               std::to_string(model.n_heads));
-  require((model.d_model / model.n_heads) % 2 == 0,
-          "model.n_heads: head width d_model / n_heads must be even for RoPE, got " +
-              std::to_string(model.d_model / model.n_heads));
+  require(model.head_width() % 2 == 0,
+          std::string(model.head_dim > 0 ? "model.head_dim: head width" : "model.n_heads: head width d_model / n_heads") +
+              " must be even for RoPE, got " + std::to_string(model.head_width()));
   require(model.n_kv_heads == 0 || model.n_heads % model.n_kv_heads == 0,
           "model.n_kv_heads: must divide model.n_heads (" + std::to_string(model.n_heads) + "), got " +
               std::to_string(model.n_kv_heads));
+  if (model.family != ModelFamily::kCustom) {
+    const auto mismatch = family_mismatch(model, model.family);
+    require(mismatch.empty(), mismatch);
+  }
   require(moe.top_k <= moe.num_experts,
           "model.moe.top_k: must be <= model.moe.num_experts (" + std::to_string(moe.num_experts) + "), got " +
               std::to_string(moe.top_k));
@@ -401,9 +428,15 @@ void Config::validate() const {
   require(train.global_batch % train.micro_batch == 0,
           "train.global_batch: must be a multiple of train.micro_batch (" + std::to_string(train.micro_batch) +
               "), got " + std::to_string(train.global_batch));
-  require(data.source == DataSource::kSynthetic || !data.path.empty(),
-          "data.path: data.source " + std::string(enum_name(data.source)) + " needs a path");
-  require(data.source != DataSource::kText || model.vocab_size >= 256,
+  require(data.source == DataSource::kSynthetic || !data.path.empty() || !data.blend.empty(),
+          "data.path: data.source " + std::string(enum_name(data.source)) + " needs a path (or data.blend)");
+  require(data.blend.empty() || (data.path.empty() && data.source != DataSource::kSynthetic),
+          "data.blend: replaces data.path (set one of them) and needs a data.source that reads files, got data.source " +
+              std::string(enum_name(data.source)) + (data.path.empty() ? "" : " and data.path " + data.path));
+  require(data.tokenizer.empty() || data.source == DataSource::kText,
+          "data.tokenizer: only data.source text tokenizes (megatron and tokens data are tokenized already; "
+          "switchyard tokenize makes megatron data), got data.source " + std::string(enum_name(data.source)));
+  require(data.source != DataSource::kText || !data.tokenizer.empty() || model.vocab_size >= 256,
           "model.vocab_size: the byte tokenizer of data.source text needs >= 256, got " +
               std::to_string(model.vocab_size));
   require(train.precision == Precision::kFp32 || train.device == DeviceKind::kCuda,

@@ -30,6 +30,8 @@ enum class NanPolicy { kSkip, kError };
 enum class RecomputeKind { kNone, kMoE, kFull };
 enum class LrSchedule { kCosine, kWsd, kConstant, kInverseSqrt };
 enum class DecayShape { kLinear, kCosine, kOneMinusSqrt };
+enum class QkNorm { kNone, kHead, kFull };
+enum class ModelFamily { kCustom, kMixtral, kQwen3Moe, kOlmoe };
 
 /// The YAML spelling of each enum value, in declaration order.
 template <class E>
@@ -65,6 +67,9 @@ SY_ENUM_NAMES(LrSchedule, {LrSchedule::kCosine, "cosine"}, {LrSchedule::kWsd, "w
               {LrSchedule::kInverseSqrt, "inverse_sqrt"});
 SY_ENUM_NAMES(DecayShape, {DecayShape::kLinear, "linear"}, {DecayShape::kCosine, "cosine"},
               {DecayShape::kOneMinusSqrt, "1-sqrt"});
+SY_ENUM_NAMES(QkNorm, {QkNorm::kNone, "none"}, {QkNorm::kHead, "head"}, {QkNorm::kFull, "full"});
+SY_ENUM_NAMES(ModelFamily, {ModelFamily::kCustom, "custom"}, {ModelFamily::kMixtral, "mixtral"},
+              {ModelFamily::kQwen3Moe, "qwen3_moe"}, {ModelFamily::kOlmoe, "olmoe"});
 #undef SY_ENUM_NAMES
 
 template <class E>
@@ -157,6 +162,9 @@ struct ModelConfig {
   int64_t n_layers = 4;
   int64_t n_heads = 4;
   int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  QkNorm qk_norm = QkNorm::kNone;
+  ModelFamily family = ModelFamily::kCustom;
   int64_t seq_len = 128;
   int64_t dense_ffn_hidden = 512;
   bool tie_embeddings = true;
@@ -165,13 +173,23 @@ struct ModelConfig {
   double init_std = 0.02;
   MoEConfig moe;
 
+  /// Width of one attention head: head_dim, or d_model / n_heads when head_dim is 0.
+  int64_t head_width() const { return head_dim > 0 ? head_dim : d_model / n_heads; }
+  /// Key/value heads: n_kv_heads, or n_heads when it is 0.
+  int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+
   template <class V>
   void visit(V& v) {
+    v.field("family", family, "the Hugging Face architecture the model follows (custom, mixtral, qwen3_moe, "
+                              "olmoe): checked at load, used by switchyard export");
     v.field("vocab_size", vocab_size, "token vocabulary (256 for the byte tokenizer)", Bounds::in(2, 1 << 30));
     v.field("d_model", d_model, "model width", Bounds::in(4, 1 << 16));
     v.field("n_layers", n_layers, "transformer blocks", Bounds::in(1, 1024));
     v.field("n_heads", n_heads, "attention (query) heads", Bounds::in(1, 1024));
     v.field("n_kv_heads", n_kv_heads, "key/value heads for grouped-query attention (0 = n_heads)", Bounds::in(0, 1024));
+    v.field("head_dim", head_dim, "width of one attention head (0 = d_model / n_heads)", Bounds::in(0, 4096));
+    v.field("qk_norm", qk_norm, "RMSNorm of queries and keys before RoPE: none, head (each head, as Qwen3) or "
+                                "full (all heads together, as OLMoE)");
     v.field("seq_len", seq_len, "tokens per sequence", Bounds::in(2, 1 << 20));
     v.field("dense_ffn_hidden", dense_ffn_hidden, "hidden width of the dense FFN in non-MoE layers",
             Bounds::in(1, 1 << 20));
@@ -251,6 +269,8 @@ struct ParallelConfig {
 struct DataConfig {
   DataSource source = DataSource::kSynthetic;
   std::string path;
+  std::string blend;
+  std::string tokenizer;
   TokenDtype token_dtype = TokenDtype::kUint16;
   double val_fraction = 0.05;
   int64_t synthetic_tokens = 1 << 21;
@@ -260,6 +280,10 @@ struct DataConfig {
     v.field("source", source, "synthetic (built in), text (file or directory), tokens (flat binary), "
                               "megatron (.bin + .idx)");
     v.field("path", path, "input file or directory (or prefix for megatron); unused for synthetic");
+    v.field("blend", blend, "several corpora at given weights instead of data.path: \"0.7 PATH_A 0.3 PATH_B\" (Megatron's "
+                            "--data-path form; each PATH read as data.source says; weights normalized)");
+    v.field("tokenizer", tokenizer, "text: a SentencePiece model (spm_train's .model) to tokenize with; empty: "
+                                    "bytes (vocab 256)");
     v.field("token_dtype", token_dtype, "tokens: element type of the flat binary (uint16 or uint32)");
     v.field("val_fraction", val_fraction, "share of the corpus held out for validation",
             Bounds::in_open_lo(0, 0.5));
@@ -374,6 +398,10 @@ struct Config {
   /// Micro-batches each rank runs per optimizer step.
   int64_t micro_steps(int world_size) const { return train.global_batch / (train.micro_batch * world_size); }
 };
+
+/// Empty when Hugging Face's `family` architecture computes exactly what `model` computes; else the
+/// first key that differs and why ("model.qk_norm: ..."). config.validate() applies it to model.family.
+std::string family_mismatch(const ModelConfig& model, ModelFamily family);
 
 /// Loads a YAML config file, applies `--set key.path=value` overrides in order, validates.
 /// Throws ConfigError naming the file, the key path or the override at fault.

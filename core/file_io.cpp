@@ -79,6 +79,27 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   sync_directory(dir);
 }
 
+void publish_file(const std::string& tmp, const std::string& path) {
+  const int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path, "opening " + tmp, errno);
+  int err = 0;
+  std::string step;
+  if (::fsync(fd) != 0) {
+    err = errno;
+    step = "fsync";
+  }
+  ::close(fd);
+  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    err = errno;
+    step = "rename";
+  }
+  if (err != 0) {
+    ::unlink(tmp.c_str());
+    fail(path, step, err);
+  }
+  sync_directory(fs::path(path).parent_path().string());
+}
+
 void append_to_file(const std::string& path, const std::string& text) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) fail(path, "opening for append", errno);

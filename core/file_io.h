@@ -12,6 +12,10 @@ namespace switchyard::core {
 /// that file name as a full disk would.)
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
+/// Publishes a file written elsewhere (a stream too large to hold in memory): fsync of `tmp`, rename
+/// over `path`, fsync of the directory. IoError naming `path` on failure (`tmp` removed).
+void publish_file(const std::string& tmp, const std::string& path);
+
 /// Appends `text` to `path` (created if absent) and flushes it; throws IoError naming the path on
 /// failure. For append-only logs whose earlier lines must survive.
 void append_to_file(const std::string& path, const std::string& text);

@@ -44,6 +44,23 @@ JsonLine& JsonLine::add(std::string_view k, double value, int digits) {
   return *this;
 }
 
+JsonLine& JsonLine::add(std::string_view k, const std::vector<double>& values, int digits) {
+  key(k);
+  text_ += '[';
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) text_ += ',';
+    if (!std::isfinite(values[i])) {
+      text_ += "null";
+      continue;
+    }
+    char buf[40];
+    std::snprintf(buf, sizeof(buf), "%.*g", digits, values[i]);
+    text_ += buf;
+  }
+  text_ += ']';
+  return *this;
+}
+
 JsonLine& JsonLine::add(std::string_view k, int64_t value) {
   key(k);
   text_ += std::to_string(value);

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace switchyard::core {
 
@@ -14,6 +15,8 @@ class JsonLine {
   JsonLine& add(std::string_view key, int64_t value);
   JsonLine& add(std::string_view key, int value) { return add(key, static_cast<int64_t>(value)); }
   JsonLine& add(std::string_view key, bool value);
+  /// A JSON array of numbers (`%.*g`, non-finite as null).
+  JsonLine& add(std::string_view key, const std::vector<double>& values, int digits = 9);
   /// Escaped as a JSON string.
   JsonLine& add(std::string_view key, std::string_view value);
   JsonLine& add(std::string_view key, const char* value) { return add(key, std::string_view(value)); }

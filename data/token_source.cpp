@@ -1,6 +1,9 @@
 // Token sources: synthetic corpus, text, flat token binaries, Megatron indexed datasets.
 #include "data/token_source.h"
 
+#include "data/megatron_writer.h"
+#include "data/tokenize.h"
+
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -8,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <sstream>
 
@@ -173,31 +177,44 @@ double SyntheticCorpus::unigram_entropy() const {
 
 // ---- Text ----
 
-TextSource::TextSource(const std::string& path) : path_(path) {
+TextSource::TextSource(const std::string& path, const std::string& tokenizer) : path_(path), tokenizer_(tokenizer) {
   SY_CHECK_AS(DataError, fs::exists(path), path, ": no such file or directory (data.path)");
+  std::vector<std::string> files;
   if (fs::is_directory(path)) {
-    std::vector<fs::path> files;
     // Regular files only (following links): a FIFO or device inside the directory is skipped.
     for (const auto& entry : fs::directory_iterator(path))
-      if (entry.is_regular_file()) files.push_back(entry.path());
+      if (entry.is_regular_file()) files.push_back(entry.path().string());
     std::sort(files.begin(), files.end());
     SY_CHECK_AS(DataError, !files.empty(), path, ": directory holds no files (data.path)");
-    for (const auto& f : files) bytes_ += read_file(f.string());
-    num_files_ = static_cast<int64_t>(files.size());
   } else {
-    bytes_ = read_file(path);
-    num_files_ = 1;
+    files.push_back(path);
   }
-  SY_CHECK_AS(DataError, !bytes_.empty(), path, ": empty (data.path)");
+  num_files_ = static_cast<int64_t>(files.size());
+  if (tokenizer_.empty()) {
+    for (const auto& f : files) bytes_ += read_file(f);
+    SY_CHECK_AS(DataError, !bytes_.empty(), path, ": empty (data.path)");
+    return;
+  }
+  const SentencePieceTokenizer model(tokenizer_);
+  for (const auto& f : files) {
+    const auto ids = model.encode(read_file(f));
+    ids_.insert(ids_.end(), ids.begin(), ids.end());
+    if (model.eos_id() >= 0) ids_.push_back(model.eos_id());
+  }
+  SY_CHECK_AS(DataError, !ids_.empty(), path, ": empty (data.path)");
 }
 
 void TextSource::read(int64_t offset, int64_t count, int64_t* out) const {
+  if (!tokenizer_.empty()) {
+    for (int64_t i = 0; i < count; ++i) out[i] = ids_[offset + i];
+    return;
+  }
   for (int64_t i = 0; i < count; ++i) out[i] = static_cast<unsigned char>(bytes_[offset + i]);
 }
 
 std::string TextSource::describe() const {
   return "text: " + path_ + " (" + std::to_string(num_files_) + " file(s), " + std::to_string(num_tokens()) +
-         " byte tokens)";
+         (tokenizer_.empty() ? " byte tokens)" : " SentencePiece tokens of " + tokenizer_ + ")");
 }
 
 // ---- Flat token binary ----
@@ -237,7 +254,6 @@ std::string TokenFileSource::describe() const {
 // ---- Megatron indexed dataset ----
 
 namespace {
-constexpr char kMegatronMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
 int64_t megatron_item_size(int code) {
   switch (code) {
     case 1: case 2: return 1;   // uint8, int8
@@ -325,42 +341,38 @@ std::string MegatronSource::describe() const {
          std::to_string(num_sequences()) + " sequences, " + std::to_string(num_tokens_) + " tokens)";
 }
 
-void write_megatron_dataset(const std::string& prefix, const std::vector<std::vector<int64_t>>& documents) {
-  std::ofstream bin(prefix + ".bin", std::ios::binary), idx(prefix + ".idx", std::ios::binary);
-  SY_CHECK_AS(DataError, bin.good() && idx.good(), prefix, ": cannot write dataset");
-  std::vector<int32_t> lengths;
-  std::vector<int64_t> pointers, doc_idx{0};
-  int64_t offset = 0;
-  for (const auto& doc : documents) {
-    for (int64_t t : doc) {
-      const auto v = static_cast<uint16_t>(t);
-      bin.write(reinterpret_cast<const char*>(&v), 2);
-    }
-    lengths.push_back(static_cast<int32_t>(doc.size()));
-    pointers.push_back(offset);
-    offset += static_cast<int64_t>(doc.size()) * 2;
-    doc_idx.push_back(static_cast<int64_t>(lengths.size()));
-  }
-  const uint64_t version = 1, num_seq = lengths.size(), num_docs = doc_idx.size();
-  const uint8_t code = 8;  // uint16
-  idx.write(kMegatronMagic, 9);
-  idx.write(reinterpret_cast<const char*>(&version), 8);
-  idx.write(reinterpret_cast<const char*>(&code), 1);
-  idx.write(reinterpret_cast<const char*>(&num_seq), 8);
-  idx.write(reinterpret_cast<const char*>(&num_docs), 8);
-  idx.write(reinterpret_cast<const char*>(lengths.data()), num_seq * 4);
-  idx.write(reinterpret_cast<const char*>(pointers.data()), num_seq * 8);
-  idx.write(reinterpret_cast<const char*>(doc_idx.data()), num_docs * 8);
-}
+namespace {
 
-std::unique_ptr<TokenSource> open_token_source(const core::DataConfig& config, uint64_t seed) {
+std::unique_ptr<TokenSource> open_one(const core::DataConfig& config, const std::string& path, uint64_t seed) {
   switch (config.source) {
     case core::DataSource::kSynthetic: return std::make_unique<SyntheticCorpus>(config.synthetic_tokens, seed);
-    case core::DataSource::kText: return std::make_unique<TextSource>(config.path);
-    case core::DataSource::kTokens: return std::make_unique<TokenFileSource>(config.path, config.token_dtype);
-    case core::DataSource::kMegatron: return std::make_unique<MegatronSource>(config.path);
+    case core::DataSource::kText: return std::make_unique<TextSource>(path, config.tokenizer);
+    case core::DataSource::kTokens: return std::make_unique<TokenFileSource>(path, config.token_dtype);
+    case core::DataSource::kMegatron: return std::make_unique<MegatronSource>(path);
   }
   throw ConfigError("data.source: unknown");
+}
+
+}  // namespace
+
+std::vector<WeightedSource> open_token_sources(const core::DataConfig& config, uint64_t seed) {
+  std::vector<WeightedSource> sources;
+  if (config.blend.empty()) {
+    sources.push_back({1.0, open_one(config, config.path, seed)});
+    return sources;
+  }
+  std::istringstream in(config.blend);
+  std::vector<std::string> words{std::istream_iterator<std::string>(in), std::istream_iterator<std::string>()};
+  SY_CHECK_AS(ConfigError, !words.empty() && words.size() % 2 == 0, "data.blend: expected 'weight path' pairs, got '",
+              config.blend, "'");
+  for (size_t i = 0; i < words.size(); i += 2) {
+    char* end = nullptr;
+    const double weight = std::strtod(words[i].c_str(), &end);
+    SY_CHECK_AS(ConfigError, end && *end == '\0' && std::isfinite(weight) && weight > 0, "data.blend: weight '", words[i],
+                "' (before ", words[i + 1], ") is not a positive number");
+    sources.push_back({weight, open_one(config, words[i + 1], seed)});
+  }
+  return sources;
 }
 
 }  // namespace switchyard::data

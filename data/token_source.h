@@ -42,16 +42,21 @@ class SyntheticCorpus : public TokenSource {
   std::string bytes_;
 };
 
-/// A text file, or every regular file of a directory in name order, byte-tokenized.
+/// A text file, or every regular file of a directory in name order: bytes as tokens, or with a
+/// SentencePiece model (`tokenizer`) its tokens, each file followed by the model's end-of-sentence
+/// token where it has one.
 class TextSource : public TokenSource {
  public:
-  explicit TextSource(const std::string& path);
-  int64_t num_tokens() const override { return static_cast<int64_t>(bytes_.size()); }
+  explicit TextSource(const std::string& path, const std::string& tokenizer = "");
+  int64_t num_tokens() const override {
+    return tokenizer_.empty() ? static_cast<int64_t>(bytes_.size()) : static_cast<int64_t>(ids_.size());
+  }
   void read(int64_t offset, int64_t count, int64_t* out) const override;
   std::string describe() const override;
 
  private:
-  std::string path_, bytes_;
+  std::string path_, tokenizer_, bytes_;
+  std::vector<int32_t> ids_;
   int64_t num_files_ = 0;
 };
 
@@ -102,10 +107,14 @@ class MegatronSource : public TokenSource {
   FileStamp bin_stamp_;
 };
 
-/// Writes a Megatron indexed dataset (uint16 tokens), one sequence per document: for tests and tools.
-void write_megatron_dataset(const std::string& prefix, const std::vector<std::vector<int64_t>>& documents);
-
-/// Opens the source `config` names. Throws DataError (missing file, bad format) or ConfigError.
-std::unique_ptr<TokenSource> open_token_source(const core::DataConfig& config, uint64_t seed);
+/// A source and its share of the run's sequences.
+struct WeightedSource {
+  double weight = 1.0;
+  std::unique_ptr<TokenSource> source;
+};
+/// The sources `config` names: data.path's (weight 1), or each of data.blend's ("w1 path1 w2 path2
+/// ...", weights normalized), each opened as data.source says. Throws DataError (a missing file, a
+/// bad format) or ConfigError naming data.blend.
+std::vector<WeightedSource> open_token_sources(const core::DataConfig& config, uint64_t seed);
 
 }  // namespace switchyard::data

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds Switchyard with CUDA and NCCL against a pip-installed PyTorch's LibTorch
 # (the GPU machine of docs/building.md). Builds into build-gpu/. Extra arguments go to CMake.
-# CLI11 headers: set CLI11_ROOT when the CLI11 package is not installed.
+# Header-only packages not installed there: set CLI11_ROOT and NLOHMANN_JSON_ROOT to their headers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')

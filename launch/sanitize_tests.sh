@@ -10,7 +10,7 @@ export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file
 export CCACHE_BASEDIR="$PWD"
 jobs=$(nproc 2>/dev/null || echo 2)
 unit=(core_test data_test placement_test losses_test trainer_test)
-fuzz=(fuzz_config fuzz_placement_files fuzz_token_readers fuzz_checkpoint_manifest)
+fuzz=(fuzz_config fuzz_placement_files fuzz_token_readers fuzz_checkpoint_manifest fuzz_hf_files)
 mpi=(expert_parallel_test trainer_mpi_test)
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSWITCHYARD_SANITIZE=address,undefined \
   -DSWITCHYARD_WITH_PLANNER=ON >build-asan-configure.log 2>&1 || { cat build-asan-configure.log >&2; exit 1; }

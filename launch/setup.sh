@@ -12,7 +12,9 @@ packages=(
   libopenmpi-dev openmpi-bin
   libyaml-cpp-dev
   libprotobuf-dev protobuf-compiler
-  libgtest-dev libcli11-dev
+  libgtest-dev libcli11-dev nlohmann-json3-dev
+  gnuplot-nox  # switchyard report
+  libsentencepiece-dev sentencepiece  # switchyard tokenize (spm_train makes models)
   coinor-libcbc-dev
 )
 

@@ -80,14 +80,11 @@ torch::Tensor locality_loss(const torch::Tensor& probs, const torch::Tensor& loc
   return mu * (dc * (dc.clamp_min(1e-30).log() - target.log())).sum();
 }
 
-torch::Tensor bilevel_balance_loss(const torch::Tensor& node_probs, const torch::Tensor& node_idx,
-                                   const torch::Tensor& local_probs, const torch::Tensor& local_idx,
-                                   double alpha_node, double alpha_local) {
-  const auto node_term =
-      load_balance_loss(node_probs, expert_slot_counts(node_idx, node_probs.size(1)), alpha_node);
-  const auto local_term =
-      load_balance_loss(local_probs, expert_slot_counts(local_idx, local_probs.size(1)), alpha_local);
-  return node_term + local_term;
+BilevelBalance bilevel_balance_loss(const torch::Tensor& node_probs, const torch::Tensor& node_idx,
+                                    const torch::Tensor& local_probs, const torch::Tensor& local_idx,
+                                    double alpha_node, double alpha_local) {
+  return {load_balance_loss(node_probs, expert_slot_counts(node_idx, node_probs.size(1)), alpha_node),
+          load_balance_loss(local_probs, expert_slot_counts(local_idx, local_probs.size(1)), alpha_local)};
 }
 
 torch::Tensor router_entropy(const torch::Tensor& probs) {

@@ -39,10 +39,14 @@ torch::Tensor contrastive_loss(const torch::Tensor& prototypes, const torch::Ten
 /// experts with local_mask true + eps * uniform over all. probs [T, E], local_mask [E] bool.
 torch::Tensor locality_loss(const torch::Tensor& probs, const torch::Tensor& local_mask, double eps, double mu);
 
-/// SMILE two-level balance: alpha_node * N * sum f^node P^node + alpha_loc * (E/N) * sum f^loc P^loc,
-/// node_probs [T, N], node_idx [T, 1]; local_probs [T, E/N] (the in-group router), local_idx [T, k]
-/// (positions inside the chosen group).
-torch::Tensor bilevel_balance_loss(const torch::Tensor& node_probs, const torch::Tensor& node_idx,
+/// SMILE's two balance terms, each a Switch balance loss: node = alpha_node * N * sum f^node P^node
+/// (across groups), local = alpha_loc * (E/N) * sum f^loc P^loc (inside the chosen group). node_probs
+/// [T, N], node_idx [T, 1]; local_probs [T, E/N] (the in-group router), local_idx [T, k] (positions
+/// inside the chosen group). The MoE layer reports them as node_balance and load_balance.
+struct BilevelBalance {
+  torch::Tensor node, local;
+};
+BilevelBalance bilevel_balance_loss(const torch::Tensor& node_probs, const torch::Tensor& node_idx,
                                    const torch::Tensor& local_probs, const torch::Tensor& local_idx,
                                    double alpha_node, double alpha_local);
 

@@ -121,10 +121,12 @@ void MoELayerImpl::add_routing_losses(const Routing& routing, const torch::Tenso
   const auto& traits = core::router_traits(config_.router.kind);
   const int64_t num_choices = router->num_choices();
   if (traits.balance_loss == core::BalanceLoss::kBilevel) {
+    // SMILE's two terms under their own names: node_balance across groups, load_balance inside one.
     if (loss_config_.load_balance > 0 || loss_config_.node_balance > 0) {
-      out.losses["load_balance"] = losses::bilevel_balance_loss(routing.node_probs, routing.node_idx,
-                                                                routing.local_probs, routing.local_idx,
-                                                                loss_config_.node_balance, loss_config_.load_balance);
+      const auto b = losses::bilevel_balance_loss(routing.node_probs, routing.node_idx, routing.local_probs,
+                                                  routing.local_idx, loss_config_.node_balance, loss_config_.load_balance);
+      if (loss_config_.node_balance > 0) out.losses["node_balance"] = b.node;
+      if (loss_config_.load_balance > 0) out.losses["load_balance"] = b.local;
     }
   } else if (loss_config_.load_balance > 0 && traits.balance_loss == core::BalanceLoss::kTokenChoice) {
     const auto scope_counts =

@@ -15,7 +15,7 @@ namespace {
 
 /// Matrix sizes (elements) of one transformer block, for the FLOP and the parameter counts.
 struct BlockMatrices {
-  double attention;   ///< q and out, d x d; k and v, d x d_kv (narrower with grouped-query attention)
+  double attention;   ///< q and out, d x heads * head_dim; k and v, d x kv_heads * head_dim
   double per_expert;  ///< one routed or shared expert (2 or 3 matrices of d x ffn_hidden)
   double router;      ///< d x (experts + null experts)
   double dense_ffn;   ///< the SwiGLU FFN of a non-MoE block
@@ -24,9 +24,9 @@ struct BlockMatrices {
 BlockMatrices block_matrices(const core::ModelConfig& model) {
   const double d = static_cast<double>(model.d_model);
   const auto& moe = model.moe;
-  const double kv_width = d * static_cast<double>(model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads) /
-                          static_cast<double>(model.n_heads);
-  return {2 * d * d + 2 * d * kv_width,
+  const double q_width = static_cast<double>(model.n_heads * model.head_width());
+  const double kv_width = static_cast<double>(model.kv_heads() * model.head_width());
+  return {2 * d * q_width + 2 * d * kv_width,
           (moe.expert_kind == core::ExpertKind::kSwiGLU ? 3.0 : 2.0) * d * static_cast<double>(moe.ffn_hidden),
           d * static_cast<double>(moe.num_experts + moe.null_experts), 3.0 * d * static_cast<double>(model.dense_ffn_hidden)};
 }
@@ -44,13 +44,17 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return kernels::rms_norm(x, weight, eps_); }
 
 AttentionImpl::AttentionImpl(const core::ModelConfig& config)
-    : n_heads_(config.n_heads), n_kv_heads_(config.n_kv_heads > 0 ? config.n_kv_heads : config.n_heads),
-      head_dim_(config.d_model / config.n_heads) {
+    : n_heads_(config.n_heads), n_kv_heads_(config.kv_heads()), head_dim_(config.head_width()), qk_norm_(config.qk_norm) {
   const int64_t qkv_width = (n_heads_ + 2 * n_kv_heads_) * head_dim_;
   qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(config.d_model, qkv_width).bias(false)));
-  out = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(config.d_model, config.d_model).bias(false)));
+  out = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(n_heads_ * head_dim_, config.d_model).bias(false)));
   torch::nn::init::normal_(qkv->weight, 0.0, config.init_std);
   torch::nn::init::normal_(out->weight, 0.0, config.init_std / std::sqrt(2.0 * config.n_layers));
+  if (qk_norm_ != core::QkNorm::kNone) {
+    const bool full = qk_norm_ == core::QkNorm::kFull;
+    q_norm = register_module("q_norm", RMSNorm(full ? n_heads_ * head_dim_ : head_dim_, config.norm_eps));
+    k_norm = register_module("k_norm", RMSNorm(full ? n_kv_heads_ * head_dim_ : head_dim_, config.norm_eps));
+  }
   const int64_t half = head_dim_ / 2;
   const auto inv_freq = torch::pow(config.rope_theta, -torch::arange(half, torch::kFloat64) / static_cast<double>(half));
   const auto angles = torch::outer(torch::arange(config.seq_len, torch::kFloat64), inv_freq);
@@ -59,12 +63,26 @@ AttentionImpl::AttentionImpl(const core::ModelConfig& config)
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
-  const int64_t batch = x.size(0), seq = x.size(1), d = x.size(2);
+  const int64_t batch = x.size(0), seq = x.size(1);
   SY_CHECK(seq <= cos_.size(0), "attention: sequence of ", seq, " tokens exceeds model.seq_len ", cos_.size(0));
-  // [B, S, H + 2G, hd] -> q [B, H, S, hd], k and v [B, G, S, hd] (G = H without grouped-query attention).
-  const auto qkv_out = qkv->forward(x).view({batch, seq, n_heads_ + 2 * n_kv_heads_, head_dim_}).transpose(1, 2);
-  auto q = qkv_out.narrow(1, 0, n_heads_);
-  auto k = qkv_out.narrow(1, n_heads_, n_kv_heads_), v = qkv_out.narrow(1, n_heads_ + n_kv_heads_, n_kv_heads_);
+  // [B, S, (H + 2G) hd] -> q [B, H, S, hd], k and v [B, G, S, hd] (G = H without grouped-query attention).
+  const auto projected = qkv->forward(x);
+  const auto part = [&](int64_t first_head, int64_t heads) {
+    return projected.narrow(-1, first_head * head_dim_, heads * head_dim_);
+  };
+  auto q = part(0, n_heads_), k = part(n_heads_, n_kv_heads_), v = part(n_heads_ + n_kv_heads_, n_kv_heads_);
+  if (qk_norm_ == core::QkNorm::kFull) {  // OLMoE: over all heads' width at once
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
+  const auto heads = [&](const torch::Tensor& t, int64_t n) { return t.view({batch, seq, n, head_dim_}).transpose(1, 2); };
+  q = heads(q, n_heads_);
+  k = heads(k, n_kv_heads_);
+  v = heads(v, n_kv_heads_);
+  if (qk_norm_ == core::QkNorm::kHead) {  // Qwen3: each head on its own
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
   // RoPE, half-split convention: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos).
   q = kernels::rope(q, cos_, sin_);
   k = kernels::rope(k, cos_, sin_);
@@ -87,7 +105,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
   attn = torch::softmax(losses::at_least_fp32(scores), -1).to(v.scalar_type()).matmul(v);
 #endif
 #endif
-  return out->forward(attn.transpose(1, 2).reshape({batch, seq, d}));
+  return out->forward(attn.transpose(1, 2).reshape({batch, seq, n_heads_ * head_dim_}));
 }
 
 TransformerLMImpl::TransformerLMImpl(const core::ModelConfig& model, const core::LossesConfig& losses, uint64_t seed,
@@ -214,7 +232,8 @@ double model_flops_per_token(const core::ModelConfig& model) {
     }
   }
   params += d * static_cast<double>(model.vocab_size);
-  return 6.0 * params + 12.0 * static_cast<double>(model.n_layers) * d * static_cast<double>(model.seq_len);
+  const double attention_width = static_cast<double>(model.n_heads * model.head_width());
+  return 6.0 * params + 12.0 * static_cast<double>(model.n_layers) * attention_width * static_cast<double>(model.seq_len);
 }
 
 ParameterCounts parameters_per_rank(const core::ModelConfig& model, int64_t expert_parallel) {

@@ -1,5 +1,6 @@
-// Decoder-only transformer LM: embedding, RMSNorm, causal attention with RoPE, an MoE FFN every
-// `model.moe.every` layers (dense SwiGLU elsewhere), tied or untied output head.
+// Decoder-only transformer LM: embedding, RMSNorm, causal attention with RoPE (grouped-query, any
+// head width, optional QK norm), an MoE FFN every `model.moe.every` layers (dense SwiGLU elsewhere),
+// tied or untied output head.
 #pragma once
 
 #include <torch/torch.h>
@@ -32,10 +33,12 @@ class AttentionImpl : public torch::nn::Module {
   AttentionImpl(const core::ModelConfig& config);
   /// x [B, S, d] -> [B, S, d], causal.
   torch::Tensor forward(const torch::Tensor& x);
-  torch::nn::Linear qkv{nullptr}, out{nullptr};  ///< qkv: d -> (n_heads + 2 n_kv_heads) * head_dim
+  torch::nn::Linear qkv{nullptr}, out{nullptr};  ///< qkv: d -> (n_heads + 2 n_kv_heads) * head_dim; out: back to d
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};      ///< model.qk_norm head: [head_dim]; full: [heads * head_dim]
 
  private:
   int64_t n_heads_, n_kv_heads_, head_dim_;
+  core::QkNorm qk_norm_;
   torch::Tensor cos_, sin_;  ///< [seq_len, head_dim / 2] RoPE tables (buffers)
 };
 TORCH_MODULE(Attention);
@@ -91,8 +94,8 @@ TORCH_MODULE(TransformerLM);
 
 /// Model FLOPs of one training token (forward + backward = 3x forward), counting matrix multiplies
 /// only, with the routed experts a token actually uses (top_k; null experts cost nothing):
-/// 6 * (attention 2d^2 + 2 d d_kv + FFN + router d*E) per layer + 6 * d * vocab (head) + attention scores
-/// 12 * n_layers * d * seq_len (PaLM's convention, not halved for the causal mask). For MFU.
+/// 6 * (attention 2 d d_q + 2 d d_kv + FFN + router d*E) per layer + 6 * d * vocab (head) + attention
+/// scores 12 * n_layers * d_q * seq_len (d_q = heads * head_dim, d_kv = kv_heads * head_dim; PaLM's convention, not halved for the causal mask). For MFU.
 double model_flops_per_token(const core::ModelConfig& model);
 
 /// Parameters one rank holds, by part (matrices only; norms and biases are negligible): the routed

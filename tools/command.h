@@ -45,5 +45,8 @@ void add_run_commands(CLI::App& app, Commands& commands);     ///< train, eval, 
 void add_plan_command(CLI::App& app, Commands& commands);     ///< plan
 void add_inspect_command(CLI::App& app, Commands& commands);  ///< inspect
 void add_bench_commands(CLI::App& app, Commands& commands);   ///< bench alltoall, bench layer
+void add_interop_commands(CLI::App& app, Commands& commands);  ///< export, import, logits
+void add_report_command(CLI::App& app, Commands& commands);    ///< report
+void add_tokenize_command(CLI::App& app, Commands& commands);  ///< tokenize
 
 }  // namespace switchyard::tools

@@ -35,7 +35,7 @@ void add_inspect_command(CLI::App& app, Commands& commands) {
     }
     std::cout << "checkpoint " << o->dir << "\n"
               << "  created by       " << manifest.created_by() << "\n"
-              << "  step             " << manifest.step() << "\n"
+              << "  step             " << manifest.step() << (manifest.weights_only() ? " (weights only: imported)" : "") << "\n"
               << "  tokens seen      " << manifest.tokens_seen() << "\n"
               << "  skipped steps    " << manifest.skipped_steps() << "\n"
               << "  world size       " << manifest.world_size() << " (expert_parallel " << manifest.expert_parallel() << ")\n"

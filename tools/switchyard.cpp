@@ -20,7 +20,7 @@ std::string version_text() {
   auto yes_no = [](bool b) { return b ? "yes" : "no"; };
   return std::string("switchyard ") + SWITCHYARD_VERSION + " (LibTorch " + TORCH_VERSION +
          ", CUDA: " + yes_no(SWITCHYARD_WITH_CUDA) + ", NCCL: " + yes_no(SWITCHYARD_HAS_NCCL) +
-         ", CBC: " + yes_no(SWITCHYARD_HAS_CBC) + ")";
+         ", CBC: " + yes_no(SWITCHYARD_HAS_CBC) + ", SentencePiece: " + yes_no(SWITCHYARD_HAS_SENTENCEPIECE) + ")";
 }
 
 int run(int argc, char** argv, std::unique_ptr<parallel::MpiRuntime>& mpi) {
@@ -35,6 +35,9 @@ int run(int argc, char** argv, std::unique_ptr<parallel::MpiRuntime>& mpi) {
   tools::add_plan_command(app, commands);
   tools::add_inspect_command(app, commands);
   tools::add_bench_commands(app, commands);
+  tools::add_interop_commands(app, commands);
+  tools::add_report_command(app, commands);
+  tools::add_tokenize_command(app, commands);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

@@ -183,7 +183,8 @@ void check_manifest_fields(const proto::CheckpointManifest& m, const std::string
     bad("world_size/expert_parallel", "(" + std::to_string(m.world_size()) + ", " + std::to_string(m.expert_parallel()) +
                                           ") do not describe a run");
   }
-  if (m.data_windows() < 1) bad("data_windows", "is " + std::to_string(m.data_windows()));
+  if (!m.weights_only() && m.data_windows() < 1) bad("data_windows", "is " + std::to_string(m.data_windows()));
+  if (m.weights_only() && m.step() != 0) bad("step", "is " + std::to_string(m.step()) + " in a weights-only checkpoint");
   for (int l = 0; l < m.placement_size(); ++l) {
     const auto& owners = m.placement(l).owner();
     std::vector<int64_t> held(m.expert_parallel(), 0);
@@ -208,33 +209,102 @@ void check_manifest_fields(const proto::CheckpointManifest& m, const std::string
 
 /// The one naming of checkpoint tensors, for save and load: visits every tensor this rank holds as
 /// (checkpoint name, live tensor, whether it is one expert's slice): parameters, their AdamW moments
-/// ("optim.exp_avg/<name>", "optim.exp_avg_sq/<name>"), buffers ("buffer/<name>"); an expert
-/// parameter once per local expert, named by its global id (expert_tensor_name).
-void for_each_checkpoint_tensor(modules::TransformerLMImpl& model, AdamW& optimizer,
+/// ("optim.exp_avg/<name>", "optim.exp_avg_sq/<name>"; none without an optimizer), buffers
+/// ("buffer/<name>"); an expert parameter once per local expert, named by its global id
+/// (expert_tensor_name).
+void for_each_checkpoint_tensor(modules::TransformerLMImpl& model, AdamW* optimizer,
                                 const std::vector<placement::ExpertPlacement>& placements, int64_t ep_rank,
                                 const std::function<void(const std::string&, torch::Tensor, bool)>& fn) {
   const auto prefixes = moe_prefixes(model);
   for (const auto& item : model.named_parameters()) {
     const auto& name = item.key();
     const auto& p = item.value();
-    auto& s = optimizer.state(name);
+    AdamW::State* s = optimizer ? &optimizer->state(name) : nullptr;
     if (!parallel::is_expert_parameter(name)) {
       fn(name, p, false);
-      fn("optim.exp_avg/" + name, s.exp_avg, false);
-      fn("optim.exp_avg_sq/" + name, s.exp_avg_sq, false);
+      if (s) {
+        fn("optim.exp_avg/" + name, s->exp_avg, false);
+        fn("optim.exp_avg_sq/" + name, s->exp_avg_sq, false);
+      }
       continue;
     }
     const auto ids = placements.at(moe_layer_of(name, prefixes)).experts_of(ep_rank);
     for (size_t i = 0; i < ids.size(); ++i) {
       fn(expert_tensor_name(name, ids[i]), p[i], true);
-      fn(expert_tensor_name("optim.exp_avg/" + name, ids[i]), s.exp_avg[i], true);
-      fn(expert_tensor_name("optim.exp_avg_sq/" + name, ids[i]), s.exp_avg_sq[i], true);
+      if (s) {
+        fn(expert_tensor_name("optim.exp_avg/" + name, ids[i]), s->exp_avg[i], true);
+        fn(expert_tensor_name("optim.exp_avg_sq/" + name, ids[i]), s->exp_avg_sq[i], true);
+      }
     }
   }
   for (const auto& item : model.named_buffers()) fn("buffer/" + item.key(), item.value(), false);
 }
 
+/// Copies each visited tensor from the checkpoint at `dir`, checking its presence and shape.
+std::function<void(const std::string&, torch::Tensor, bool)> tensor_loader(const std::string& dir,
+                                                                         const proto::CheckpointManifest& manifest) {
+  auto by_name = std::make_shared<std::map<std::string, const proto::TensorEntry*>>();
+  for (const auto& e : manifest.tensors()) (*by_name)[e.name()] = &e;
+  return [dir, by_name](const std::string& name, torch::Tensor t, bool) {
+    auto it = by_name->find(name);
+    SY_CHECK_AS(CheckpointError, it != by_name->end(), dir, ": no tensor ", name,
+                " (was the checkpoint written by a different model config?)");
+    const auto stored = read_tensor(dir, *it->second);
+    SY_CHECK_AS(CheckpointError, stored.sizes() == t.sizes(), dir, ": tensor ", name, " has shape ", stored.sizes(),
+                ", the model expects ", t.sizes());
+    t.copy_(stored);
+  };
+}
+
+/// Contiguous placements of every MoE layer of a single-process model (every expert on EP rank 0).
+std::vector<placement::ExpertPlacement> single_process_placements(modules::TransformerLMImpl& model) {
+  std::vector<placement::ExpertPlacement> placements;
+  for (const auto& layer : model.moe_layers()) {
+    if (!layer.is_empty()) placements.push_back(placement::ExpertPlacement::contiguous(layer->experts->num_local(), 1));
+  }
+  return placements;
+}
+
 }  // namespace
+
+void write_weights_checkpoint(const std::string& dir, const std::string& config_yaml, modules::TransformerLMImpl& model) {
+  const auto placements = single_process_placements(model);
+  SY_CHECK_AS(IoError, !fs::exists(fs::symlink_status(dir)), dir, ": exists; choose a new checkpoint directory");
+  const std::string tmp_dir = dir + ".tmp";
+  remove_tree(tmp_dir);
+  fs::create_directories(tmp_dir);
+  TensorFileWriter writer("rank_0.bin");
+  for_each_checkpoint_tensor(model, nullptr, placements, 0,
+                             [&](const std::string& name, const torch::Tensor& t, bool) { writer.add(name, t); });
+  core::write_file_atomically((fs::path(tmp_dir) / "rank_0.bin").string(), writer.bytes());
+  proto::CheckpointManifest m;
+  m.set_format_version(kFormatVersion);
+  m.set_config_yaml(config_yaml);
+  m.set_weights_only(true);
+  m.set_cpu_rng_state(bytes_of(at::detail::getDefaultCPUGenerator().get_state()));
+  m.set_world_size(1);
+  m.set_expert_parallel(1);
+  m.set_created_by(std::string("switchyard ") + SWITCHYARD_VERSION);
+  for (const auto& p : placements) {
+    auto* lp = m.add_placement();
+    for (auto o : p.owners()) lp->add_owner(o);
+  }
+  for (const auto& e : writer.entries()) *m.add_tensors() = e;
+  proto::ManifestFile file;
+  file.set_manifest(m.SerializeAsString());
+  file.set_crc32c(core::crc32c(file.manifest().data(), file.manifest().size()));
+  core::write_file_atomically((fs::path(tmp_dir) / "manifest.pb").string(), file.SerializeAsString());
+  core::sync_directory(tmp_dir);
+  std::error_code ec;
+  fs::rename(tmp_dir, dir, ec);
+  SY_CHECK_AS(IoError, !ec, dir, ": cannot publish the checkpoint (", ec.message(), ")");
+}
+
+void load_weights(const std::string& dir, modules::TransformerLMImpl& model) {
+  const auto manifest = read_manifest(dir);
+  torch::NoGradGuard no_grad;
+  for_each_checkpoint_tensor(model, nullptr, single_process_placements(model), 0, tensor_loader(dir, manifest));
+}
 
 std::string expert_tensor_name(const std::string& param, int64_t global_id) {
   return param + kExpertFragment + std::to_string(global_id);
@@ -321,7 +391,7 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
   world.barrier();
 
   TensorFileWriter writer("rank_" + std::to_string(world.rank()) + ".bin");
-  for_each_checkpoint_tensor(model, optimizer, placements, groups_->ep_rank,
+  for_each_checkpoint_tensor(model, &optimizer, placements, groups_->ep_rank,
                              [&](const std::string& name, const torch::Tensor& t, bool expert) {
                                if (expert ? expert_writer : dense_writer) writer.add(name, t);
                              });
@@ -407,23 +477,13 @@ void verify_checkpoint(const std::string& dir, const proto::CheckpointManifest& 
 TrainingState CheckpointManager::load(const std::string& dir, modules::TransformerLMImpl& model, AdamW& optimizer,
                                       const std::vector<placement::ExpertPlacement>& placements) {
   const auto manifest = read_manifest(dir);
-  std::map<std::string, const proto::TensorEntry*> by_name;
-  for (const auto& e : manifest.tensors()) by_name[e.name()] = &e;
-  auto fetch = [&](const std::string& name, const torch::Tensor& like) {
-    auto it = by_name.find(name);
-    SY_CHECK_AS(CheckpointError, it != by_name.end(), dir, ": no tensor ", name,
-                " (was the checkpoint written by a different model config?)");
-    auto t = read_tensor(dir, *it->second);
-    SY_CHECK_AS(CheckpointError, t.sizes() == like.sizes(), dir, ": tensor ", name, " has shape ", t.sizes(),
-                ", the model expects ", like.sizes());
-    return t;
-  };
   torch::NoGradGuard no_grad;
-  for_each_checkpoint_tensor(model, optimizer, placements, groups_->ep_rank,
-                             [&](const std::string& name, torch::Tensor t, bool) { t.copy_(fetch(name, t)); });
+  for_each_checkpoint_tensor(model, manifest.weights_only() ? nullptr : &optimizer, placements, groups_->ep_rank,
+                             tensor_loader(dir, manifest));
   optimizer.set_steps(manifest.step());
 
   TrainingState state;
+  state.weights_only = manifest.weights_only();
   state.step = manifest.step();
   state.tokens_seen = manifest.tokens_seen();
   state.skipped_steps = manifest.skipped_steps();

@@ -27,6 +27,7 @@ struct TrainingState {
   int64_t data_windows = 0;
   torch::Tensor cpu_rng_state;   ///< uint8
   torch::Tensor cuda_rng_state;  ///< uint8, undefined on the CPU
+  bool weights_only = false;     ///< loaded from a weights-only checkpoint: no optimizer, data or RNG state
 };
 
 /// What `latest` says: the checkpoint it names, or why it names none that exists.
@@ -49,6 +50,7 @@ class CheckpointManager {
 
   /// Collective. Loads the checkpoint at `dir` into the model and optimizer for this rank's placement,
   /// verifying the checksum of every tensor read. Throws CheckpointError naming the file at fault.
+  /// A weights-only checkpoint loads the parameters and buffers and leaves the optimizer as it is.
   TrainingState load(const std::string& dir, modules::TransformerLMImpl& model, AdamW& optimizer,
                      const std::vector<placement::ExpertPlacement>& placements);
 
@@ -64,6 +66,15 @@ class CheckpointManager {
   int64_t keep_;
   std::shared_ptr<parallel::ProcessGroups> groups_;
 };
+
+/// Writes a weights-only checkpoint (proto field weights_only) of a single-process `model` (every
+/// expert local, in global order) into the new directory `dir`, atomically. What `switchyard import`
+/// writes; any rank count and expert-parallel size loads it.
+void write_weights_checkpoint(const std::string& dir, const std::string& config_yaml, modules::TransformerLMImpl& model);
+/// Loads the parameters and buffers of the checkpoint at `dir` (any kind, written at any rank count)
+/// into a single-process `model` (every expert local), verifying each tensor's checksum. Not
+/// collective: what `switchyard export` and `logits` read.
+void load_weights(const std::string& dir, modules::TransformerLMImpl& model);
 
 /// Reads `dir`/manifest.pb, verifies its checksum and the consistency of its fields (step against the
 /// directory's name, skipped steps, world and expert-parallel sizes, placement, tensor files and

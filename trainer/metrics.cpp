@@ -19,10 +19,11 @@
 namespace switchyard::trainer {
 namespace fs = std::filesystem;
 
-std::string to_json(int64_t step, const MetricsLine& line) {
+std::string to_json(int64_t step, const MetricsLine& line, const MetricsArrays& arrays) {
   core::JsonLine json;
   json.add("step", step);
   for (const auto& [key, value] : line) json.add(key, value);
+  for (const auto& [key, values] : arrays) json.add(key, values);
   return json.str();
 }
 
@@ -50,7 +51,23 @@ MetricsLine metrics_line(const StepFigures& f) {
     line.emplace_back("replan_predicted_inter_node_bytes_before", f.replan->first);
     line.emplace_back("replan_predicted_inter_node_bytes_after", f.replan->second);
   }
+  for (size_t l = 0; l < f.layers.size(); ++l) {
+    const auto& layer = f.layers[l];
+    const std::string suffix = "_moe" + std::to_string(l);
+    line.emplace_back("dropped" + suffix, layer.dropped);
+    line.emplace_back("experts_per_token" + suffix, layer.experts_per_token);
+    if (layer.null_per_token) line.emplace_back("null_per_token" + suffix, *layer.null_per_token);
+    if (layer.entropy) line.emplace_back("router_entropy" + suffix, *layer.entropy);
+    if (layer.capacity) line.emplace_back("capacity" + suffix, *layer.capacity);
+    if (layer.capacity_min) line.emplace_back("capacity_min" + suffix, *layer.capacity_min);
+  }
   return line;
+}
+
+MetricsArrays metrics_arrays(const StepFigures& f) {
+  MetricsArrays arrays;
+  for (size_t l = 0; l < f.layers.size(); ++l) arrays.emplace_back("expert_load_moe" + std::to_string(l), f.layers[l].load);
+  return arrays;
 }
 
 namespace {
@@ -130,8 +147,8 @@ void MetricsWriter::write_event(const std::string& data) {
   SY_CHECK_AS(IoError, events_.good(), events_path_, ": write failed (disk full?)");
 }
 
-void MetricsWriter::write(int64_t step, const MetricsLine& line) {
-  core::append_to_file(jsonl_path_, to_json(step, line) + "\n");
+void MetricsWriter::write(int64_t step, const MetricsLine& line, const MetricsArrays& arrays) {
+  core::append_to_file(jsonl_path_, to_json(step, line, arrays) + "\n");
   tensorboard::Event e;
   e.set_wall_time(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
   e.set_step(step);
@@ -140,6 +157,27 @@ void MetricsWriter::write(int64_t step, const MetricsLine& line) {
     auto* v = summary->add_value();
     v->set_tag(key);
     v->set_simple_value(static_cast<float>(value));
+  }
+  // An array as a histogram over its index: bucket i (limits i - 0.5, i + 0.5] holds array[i], so
+  // TensorBoard draws each layer's load over expert ids, step after step.
+  for (const auto& [key, values] : arrays) {
+    auto* v = summary->add_value();
+    v->set_tag(key);
+    auto* h = v->mutable_histo();
+    double num = 0, sum = 0, squares = 0;
+    for (size_t i = 0; i < values.size(); ++i) {
+      const double x = static_cast<double>(i);
+      h->add_bucket_limit(x + 0.5);
+      h->add_bucket(values[i]);
+      num += values[i];
+      sum += x * values[i];
+      squares += x * x * values[i];
+    }
+    h->set_min(0);
+    h->set_max(values.empty() ? 0 : static_cast<double>(values.size() - 1));
+    h->set_num(num);
+    h->set_sum(sum);
+    h->set_sum_squares(squares);
   }
   write_event(e.SerializeAsString());
 }

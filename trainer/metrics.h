@@ -14,6 +14,9 @@ namespace switchyard::trainer {
 
 /// Ordered key/value pairs of one metrics line.
 using MetricsLine = std::vector<std::pair<std::string, double>>;
+/// Named arrays of one metrics line (per-layer expert loads): JSON arrays in metrics.jsonl,
+/// histograms over the array's index in TensorBoard.
+using MetricsArrays = std::vector<std::pair<std::string, std::vector<double>>>;
 
 class MetricsWriter {
  public:
@@ -21,7 +24,7 @@ class MetricsWriter {
   /// run recomputes them, so steps never repeat) and torn lines, and a new TensorBoard event file.
   /// Every write is checked: IoError names the file (the history already written stays).
   MetricsWriter(const std::string& run_dir, int64_t resume_step);
-  void write(int64_t step, const MetricsLine& line);
+  void write(int64_t step, const MetricsLine& line, const MetricsArrays& arrays = {});
 
  private:
   std::string jsonl_path_, events_path_;
@@ -43,14 +46,27 @@ struct StepFigures {
   std::optional<double> val_loss;
   std::optional<std::pair<double, double>> replan;  ///< predicted inter-node bytes before / after a re-plan
   double eta_s = 0;
+  /// Routing of each MoE layer in the logged step (all ranks, every micro-batch).
+  struct Layer {
+    std::vector<double> load;            ///< slots routed to each choice (experts, then null experts), after drops
+    double dropped = 0;                  ///< slots dropped (capacity)
+    double experts_per_token = 0;        ///< slots that reached a routed expert, per token
+    std::optional<double> null_per_token;  ///< slots taken by null experts, per token (where there are any)
+    std::optional<double> entropy;       ///< mean router entropy (nats)
+    std::optional<double> capacity;      ///< per-expert capacity per micro-batch (where it is limited)
+    std::optional<double> capacity_min;  ///< LocMoE's Theorem-1 lower bound (grap)
+  };
+  std::vector<Layer> layers;
 };
 /// The metrics.jsonl line (keys in a fixed order: docs/training.md, "Metrics").
 MetricsLine metrics_line(const StepFigures& f);
+/// Its arrays: expert_load_moe<l> for each MoE layer.
+MetricsArrays metrics_arrays(const StepFigures& f);
 /// The console line: step, loss, lr, tokens/s, load, validation loss, ETA.
 std::string progress_line(const StepFigures& f);
 
-/// Formats one JSON object: {"step":s,"key":value,...}; non-finite values become null.
-std::string to_json(int64_t step, const MetricsLine& line);
+/// Formats one JSON object: {"step":s,"key":value,...,"array":[...]}; non-finite values become null.
+std::string to_json(int64_t step, const MetricsLine& line, const MetricsArrays& arrays = {});
 
 /// Reads TensorBoard records from `path`, checking both CRCs; returns the serialized events.
 /// Throws DataError on a bad record. (Used by tests and `switchyard inspect`-style tools.)

@@ -168,12 +168,19 @@ Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
   check_state_fits(config_, groups_->ep_size, device_, ranks_here);
 
   const auto seed = static_cast<uint64_t>(config_.train.seed);
-  source_ = data::open_token_source(config_.data, seed);
-  split_ = data::split_source(*source_, config_.data.val_fraction, config_.model.seq_len);
-  train_sampler_ = std::make_unique<data::BatchSampler>(*source_, split_.train_begin, split_.train_end, config_.model.seq_len,
-                                                        config_.train.global_batch, seed, config_.model.vocab_size);
-  val_sampler_ = std::make_unique<data::BatchSampler>(*source_, split_.val_begin, split_.val_end, config_.model.seq_len,
-                                                      config_.train.global_batch, seed + 1, config_.model.vocab_size);
+  // Each source (one, or data.blend's) split into its train and validation tokens; the samplers draw
+  // from them at their weights.
+  sources_ = data::open_token_sources(config_.data, seed);
+  std::vector<data::BatchSampler::Part> train_parts, val_parts;
+  for (const auto& s : sources_) {
+    const auto split = data::split_source(*s.source, config_.data.val_fraction, config_.model.seq_len);
+    train_parts.push_back({s.source.get(), split.train_begin, split.train_end, s.weight});
+    val_parts.push_back({s.source.get(), split.val_begin, split.val_end, s.weight});
+  }
+  train_sampler_ = std::make_unique<data::BatchSampler>(train_parts, config_.model.seq_len, config_.train.global_batch,
+                                                        seed, config_.model.vocab_size);
+  val_sampler_ = std::make_unique<data::BatchSampler>(val_parts, config_.model.seq_len, config_.train.global_batch,
+                                                      seed + 1, config_.model.vocab_size);
   if (config_.parallel.placement.empty()) {
     for (int64_t l = 0; l < config_.num_moe_layers(); ++l) {
       placements_.push_back(placement::ExpertPlacement::contiguous(config_.model.moe.num_experts, groups_->ep_size));
@@ -211,6 +218,12 @@ void Trainer::build_model() {
 
 void Trainer::load_checkpoint(const std::string& dir) {
   state_ = checkpoints_->load(dir, *model_, *optimizer_, placements_);
+  if (state_.weights_only) {  // imported weights: this run's own data order and generators from step 0
+    state_.data_seed = static_cast<uint64_t>(config_.train.seed);
+    state_.data_windows = train_sampler_->num_windows();
+    core::log_info("initialized from the weights-only checkpoint ", dir, " (step 0, fresh optimizer state)");
+    return;
+  }
   SY_CHECK_AS(CheckpointError, state_.data_windows == train_sampler_->num_windows(), dir,
               ": the checkpoint's data has ", state_.data_windows, " training windows, this run's data has ",
               train_sampler_->num_windows(), " (data changed?)");
@@ -332,6 +345,9 @@ struct StepSums {
   torch::Tensor lm, aux, dropped, routed;
   std::map<std::string, torch::Tensor> losses;  ///< ordered alike on every rank
   std::vector<torch::Tensor> loads;             ///< per MoE layer
+  /// Per MoE layer: dropped, routed, entropy sum, entropy count (fp64, on the device).
+  std::vector<torch::Tensor> layer_sums;
+  std::vector<std::pair<double, double>> capacities;  ///< per MoE layer: capacity, capacity_min
 
   static void add(torch::Tensor& sum, const torch::Tensor& v) {
     const auto v64 = v.detach().to(torch::kFloat64);
@@ -346,10 +362,19 @@ struct StepSums {
     }
     for (size_t l = 0; l < out.moe_stats.size(); ++l) {
       const auto& s = out.moe_stats[l];
-      if (loads.size() <= l) loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64));
+      if (loads.size() <= l) {
+        loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64));
+        layer_sums.push_back(torch::zeros({4}, s.tokens_per_expert.options().dtype(torch::kFloat64)));
+        capacities.emplace_back();
+      }
       loads[l] += s.tokens_per_expert.to(torch::kFloat64);
       add(dropped, s.dropped_slots);
       add(routed, s.routed_slots);
+      const auto zero = torch::zeros({}, layer_sums[l].options());
+      const auto entropy = s.entropy.defined() ? s.entropy.detach().to(torch::kFloat64) : zero;
+      layer_sums[l] += torch::stack({s.dropped_slots.to(torch::kFloat64), s.routed_slots.to(torch::kFloat64), entropy,
+                                     s.entropy.defined() ? torch::ones({}, layer_sums[l].options()) : zero});
+      capacities[l] = {static_cast<double>(s.capacity), s.capacity_min};
     }
   }
   /// One all-reduce for every scalar, one for the loads of every layer. Collective.
@@ -371,15 +396,29 @@ struct StepSums {
     size_t i = 5;
     for (const auto& [name, v] : losses) r.losses[name] = values[i++] / micro_batches;
     if (loads.empty()) return;
+    // The loads and the per-layer sums of every layer in one all-reduce.
     std::vector<int64_t> sizes;
     std::vector<torch::Tensor> host;
-    for (const auto& l : loads) {
-      host.push_back(l.to(torch::kCPU));
-      sizes.push_back(l.numel());
+    for (size_t l = 0; l < loads.size(); ++l) {
+      host.push_back(loads[l].to(torch::kCPU));
+      host.push_back(layer_sums[l].to(torch::kCPU));
+      sizes.push_back(loads[l].numel());
+      sizes.push_back(4);
     }
     auto all = torch::cat(host);
     world.all_reduce(all, parallel::ReduceOp::kSum);
-    r.loads = all.split_with_sizes(sizes);
+    const auto parts = all.split_with_sizes(sizes);
+    for (size_t l = 0; l < loads.size(); ++l) {
+      r.loads.push_back(parts[2 * l]);
+      const auto* v = parts[2 * l + 1].data_ptr<double>();
+      Trainer::StepResult::Layer layer;
+      layer.dropped = v[0];
+      layer.routed = v[1];
+      if (v[3] > 0) layer.entropy = v[2] / v[3];
+      layer.capacity = capacities[l].first;
+      layer.capacity_min = capacities[l].second;
+      r.layers.push_back(layer);
+    }
   }
 };
 
@@ -489,11 +528,14 @@ std::unique_ptr<RunDirLock> Trainer::start_run(const ResumeMode& resume) {
     from = start.checkpoint.value_or("");
   }
   from = parallel::broadcast_bytes(*world_, from, 0);
-  if (auto* synthetic = dynamic_cast<const data::SyntheticCorpus*>(source_.get())) {
-    core::log_info("data: ", synthetic->describe());
-    core::log_info("unigram entropy of the synthetic corpus: ", synthetic->unigram_entropy(), " nats");
-  } else {
-    core::log_info("data: ", source_->describe());
+  double total_weight = 0;
+  for (const auto& s : sources_) total_weight += s.weight;
+  for (const auto& s : sources_) {
+    const std::string share = sources_.size() > 1 ? " (weight " + std::to_string(s.weight / total_weight) + ")" : "";
+    core::log_info("data: ", s.source->describe(), share);
+    if (auto* synthetic = dynamic_cast<const data::SyntheticCorpus*>(s.source.get())) {
+      core::log_info("unigram entropy of the synthetic corpus: ", synthetic->unigram_entropy(), " nats");
+    }
   }
   if (!from.empty()) {
     load_checkpoint(from);
@@ -547,6 +589,21 @@ StepFigures Trainer::measure_window(const StepResult& r, int64_t step, double se
   const double peak_gib = runtime::peak_memory_gib(device_);
   if (peak_gib >= 0) f.peak_mem_gib = peak_gib;
   f.losses = r.losses;
+  const double tokens = static_cast<double>(config_.train.global_batch * config_.model.seq_len);
+  const int64_t experts = config_.model.moe.num_experts;
+  for (size_t l = 0; l < r.layers.size(); ++l) {
+    const auto& in = r.layers[l];
+    StepFigures::Layer layer;
+    const auto load = r.loads.at(l).contiguous();
+    layer.load.assign(load.data_ptr<double>(), load.data_ptr<double>() + load.numel());
+    layer.dropped = in.dropped;
+    layer.experts_per_token = load.narrow(0, 0, experts).sum().item<double>() / tokens;
+    if (load.numel() > experts) layer.null_per_token = load.narrow(0, experts, load.numel() - experts).sum().item<double>() / tokens;
+    if (in.entropy >= 0) layer.entropy = in.entropy;
+    if (in.capacity >= 0) layer.capacity = in.capacity;
+    if (in.capacity_min > 0) layer.capacity_min = in.capacity_min;
+    f.layers.push_back(std::move(layer));
+  }
   f.replan = pending_replan_;
   pending_replan_.reset();
   return f;
@@ -601,6 +658,11 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
     if (core::fault_at("exit_at_step", step + 1)) std::_Exit(3);
     if (core::fault_at("stop_at_step", step + 1)) std::raise(SIGSTOP);
     if (core::fault_at("usr1_at_step", step + 1)) std::raise(SIGUSR1);
+    // Router entropy costs a few kernels per layer: collected in the steps that are logged.
+    const bool logged = config_.train.log_every > 0 && ((step + 1) % config_.train.log_every == 0 || step + 1 == config_.train.steps);
+    for (auto& layer : model_->moe_layers()) {
+      if (!layer.is_empty()) layer->set_collect_statistics(logged);
+    }
     auto r = compute_gradients();
     apply_update(r);
     if (trace && (step + 1 == profile_from + profile.steps || step + 1 == config_.train.steps)) {
@@ -621,7 +683,7 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
       f.eta_s = std::chrono::duration<double>(now - run_start).count() / static_cast<double>(state_.step - first_step) *
                 static_cast<double>(config_.train.steps - state_.step);
       if (rank0) {
-        metrics->write(state_.step, metrics_line(f));
+        metrics->write(state_.step, metrics_line(f), metrics_arrays(f));
         const auto text = progress_line(f);
         if (tty && !eval) std::fprintf(stderr, "\r%-110s", text.c_str());
         else std::fprintf(stderr, "%s%s\n", tty ? "\r" : "", text.c_str());

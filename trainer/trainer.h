@@ -51,8 +51,6 @@ class Trainer {
   /// Writes a trace file (rank 0; collective). Returns the token count.
   int64_t write_trace(const std::string& path, int64_t tokens);
 
-  const data::TokenSource& source() const { return *source_; }
-
   // --- One optimizer step in two halves (train() runs both; the config-space tester compares the
   // gradients in between with the single-process model's). ---
 
@@ -63,6 +61,13 @@ class Trainer {
     std::map<std::string, double> losses;  ///< each routing loss, summed over layers and per layer
     std::vector<torch::Tensor> loads;      ///< per MoE layer, [E + null] fp64 slots routed, all ranks
     double dropped = 0, routed = 0;        ///< slots (MoEStats), all ranks and layers
+    /// Per MoE layer, all ranks and micro-batches.
+    struct Layer {
+      double dropped = 0, routed = 0;
+      double entropy = -1;                 ///< mean router entropy; < 0 where not collected
+      double capacity = -1, capacity_min = 0;  ///< MoEStats' (this rank's last micro-batch)
+    };
+    std::vector<Layer> layers;
     bool stop_signal = false;              ///< some rank received SIGTERM or SIGUSR1 (train.checkpoint_on_signal)
   };
   /// Forward and backward of this rank's micro-batches of the next step's global batch; gradients
@@ -120,8 +125,7 @@ class Trainer {
   core::Config config_;
   std::shared_ptr<parallel::Communicator> world_;
   std::shared_ptr<parallel::ProcessGroups> groups_;
-  std::unique_ptr<data::TokenSource> source_;
-  data::Split split_;
+  std::vector<data::WeightedSource> sources_;  ///< data.path's, or each of data.blend's
   std::unique_ptr<data::BatchSampler> train_sampler_, val_sampler_;
   std::vector<placement::ExpertPlacement> placements_;
   std::vector<std::shared_ptr<parallel::ExpertParallelDispatcher>> dispatchers_;

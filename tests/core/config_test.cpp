@@ -193,6 +193,15 @@ TEST(ConfigRule, HeadsDivideWidth) {
 }
 TEST(ConfigRule, HeadWidthEvenForRope) {
   EXPECT_HAS(load_error("", {"model.d_model=12", "model.n_heads=4"}), "model.n_heads: head width");
+  EXPECT_HAS(load_error("", {"model.head_dim=7"}), "model.head_dim: head width must be even for RoPE, got 7");
+  // With head_dim set, n_heads need not divide d_model (Qwen3: 32 heads of 128 on d_model 2048).
+  EXPECT_NO_THROW(load_config_text("", {"model.d_model=24", "model.n_heads=5", "model.head_dim=8"}, "test.yaml"));
+}
+TEST(ConfigRule, FamilyNamesTheKeyItCannotExpress) {
+  EXPECT_HAS(load_error("", {"model.family=mixtral", "model.qk_norm=head"}),
+             "model.qk_norm: model.family mixtral is none, got head");
+  EXPECT_HAS(load_error("", {"model.family=olmoe"}), "model.qk_norm: model.family olmoe is full, got none");
+  EXPECT_NO_THROW(load_config_text("", {"model.family=qwen3_moe", "model.qk_norm=head", "model.moe.every=2"}, "test.yaml"));
 }
 TEST(ConfigRule, TopKAtMostExperts) {
   EXPECT_HAS(load_error("", {"model.moe.num_experts=4", "model.moe.top_k=5"}),

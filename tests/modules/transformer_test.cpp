@@ -67,6 +67,15 @@ TEST(TransformerLM, ParameterCountsMatchTheBuiltModel) {
     if (p.dim() >= 2) matrices += static_cast<double>(p.numel());
   const auto counts = parameters_per_rank(cfg, 1);
   EXPECT_NEAR(counts.total(), matrices, 1e-3 * matrices);
+  // Heads wider than d_model / n_heads (Qwen3's head_dim) widen q, k, v and out.
+  auto wide = cfg;
+  wide.head_dim = 24;
+  TransformerLM wide_lm(wide, core::LossesConfig{}, 1);
+  double wide_matrices = 0;
+  for (const auto& p : wide_lm->parameters())
+    if (p.dim() >= 2) wide_matrices += static_cast<double>(p.numel());
+  EXPECT_NEAR(parameters_per_rank(wide, 1).total(), wide_matrices, 1e-3 * wide_matrices);
+  EXPECT_GT(wide_matrices, matrices);
   EXPECT_DOUBLE_EQ(counts.embedding, 2.0 * 32 * 32);
   EXPECT_DOUBLE_EQ(parameters_per_rank(cfg, 2).experts, counts.experts / 2);
 }
@@ -121,6 +130,66 @@ TEST(Attention, GroupedQueryAttentionSharesEachKeyValueHeadWithItsGroup) {
   EXPECT_EQ(gqa->qkv->weight.size(0), 8 * hd);
   const auto x = torch::randn({2, 6, 16});
   EXPECT_LT(switchyard::testing::rel_l2(gqa->forward(x), full->forward(x)), 1e-6);
+}
+
+/// Scales the qkv rows of query head `q_head` by `q_scale` and of key head `k_head` by `k_scale`.
+void scale_heads(Attention& a, int64_t hd, int64_t heads, int64_t q_head, double q_scale, int64_t k_head, double k_scale) {
+  torch::NoGradGuard g;
+  a->qkv->weight.narrow(0, q_head * hd, hd).mul_(q_scale);
+  a->qkv->weight.narrow(0, (heads + k_head) * hd, hd).mul_(k_scale);
+}
+
+TEST(Attention, QkNormHeadMakesEachHeadScaleInvariant) {
+  // model.qk_norm head (Qwen3) normalizes each head's query and key: scaling one head's projection
+  // changes nothing. full (OLMoE) normalizes all heads together: a common scale changes nothing, one
+  // head's scale does. Without QK norm both change the output.
+  core::ModelConfig cfg;
+  cfg.d_model = 16;
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = 2;
+  cfg.head_dim = 6;  // wider than d_model / n_heads: q is 24 wide
+  cfg.seq_len = 6;
+  cfg.norm_eps = 1e-12;  // exact invariance (the epsilon is what breaks it)
+  const auto x = torch::randn({2, 6, 16});
+  const auto changed_by = [&](core::QkNorm norm, int64_t q_head, double q_scale, int64_t k_head, double k_scale) {
+    auto c = cfg;
+    c.qk_norm = norm;
+    torch::manual_seed(5);
+    Attention a(c);
+    const auto before = a->forward(x);
+    if (q_head < 0) {  // every query and key head
+      for (int64_t h = 0; h < 4; ++h) scale_heads(a, 6, 4, h, q_scale, h % 2, h < 2 ? k_scale : 1.0);
+    } else {
+      scale_heads(a, 6, 4, q_head, q_scale, k_head, k_scale);
+    }
+    return switchyard::testing::rel_l2(a->forward(x), before);
+  };
+  EXPECT_LT(changed_by(core::QkNorm::kHead, 1, 5.0, 1, 0.3), 1e-6);
+  EXPECT_GT(changed_by(core::QkNorm::kFull, 1, 5.0, 1, 0.3), 1e-3);
+  EXPECT_LT(changed_by(core::QkNorm::kFull, -1, 5.0, -1, 0.3), 1e-6);
+  EXPECT_GT(changed_by(core::QkNorm::kNone, 1, 5.0, 1, 0.3), 1e-3);
+}
+
+TEST(Attention, QkNormOfOneHeadIsTheSameEitherWay) {
+  core::ModelConfig cfg;
+  cfg.d_model = 8;
+  cfg.n_heads = 1;
+  cfg.seq_len = 5;
+  const auto x = torch::randn({3, 5, 8});
+  std::vector<torch::Tensor> outputs;
+  for (auto norm : {core::QkNorm::kHead, core::QkNorm::kFull}) {
+    auto c = cfg;
+    c.qk_norm = norm;
+    torch::manual_seed(9);
+    Attention a(c);
+    {
+      torch::NoGradGuard g;
+      a->q_norm->weight.copy_(torch::linspace(0.5, 1.5, 8));
+      a->k_norm->weight.copy_(torch::linspace(1.5, 0.5, 8));
+    }
+    outputs.push_back(a->forward(x));
+  }
+  EXPECT_LT(switchyard::testing::rel_l2(outputs[0], outputs[1]), 1e-6);
 }
 
 }  // namespace

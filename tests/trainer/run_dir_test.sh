@@ -102,7 +102,9 @@ for _ in $(seq 300); do grep -q '"step":2,' "$run/metrics.jsonl" 2>/dev/null && 
 rm -rf "$run"
 start=$SECONDS
 wait "$job"; status=$?
-[ "$status" -eq 1 ] && grep -q "^error: .*vanished or was replaced while the job ran" "$run.log" && [ ! -e "$run" ] &&
+# (Deleted between the lock check and the step's metrics line, the write itself names the vanished file.)
+[ "$status" -eq 1 ] && grep -qE "^error: .*(vanished or was replaced while the job ran|$run/metrics.jsonl: opening for append failed)" "$run.log" &&
+  [ ! -e "$run" ] &&
   ok "a run directory deleted mid-run ends the job in $((SECONDS - start)) s (exit 1), nothing recreated" ||
   fail "vanished run directory: status $status, $(grep -m1 error "$run.log"), exists: $([ -e "$run" ] && echo yes)"
 

@@ -178,6 +178,33 @@ TEST(Metrics, JsonLines) {
   EXPECT_EQ(to_json(3, {{"loss", 1.5}, {"val_loss", std::nan("")}}), "{\"step\":3,\"loss\":1.5,\"val_loss\":null}");
 }
 
+TEST(Metrics, ExpertLoadsAreJsonArraysAndTensorBoardHistograms) {
+  EXPECT_EQ(to_json(4, {{"loss", 1.5}}, {{"expert_load_moe0", {3, 0, 5}}}),
+            "{\"step\":4,\"loss\":1.5,\"expert_load_moe0\":[3,0,5]}");
+  const auto dir = fs::temp_directory_path() / ("switchyard_tb_histo_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  { MetricsWriter(dir.string(), 0).write(7, {{"loss", 2.0}}, {{"expert_load_moe1", {3, 0, 5, 2}}}); }
+  std::string events;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) events = e.path().string();
+  const auto records = read_event_records(events);
+  ASSERT_EQ(records.size(), 2u);
+  tensorboard::Event e;
+  ASSERT_TRUE(e.ParseFromString(records[1]));
+  ASSERT_EQ(e.summary().value_size(), 2);
+  const auto& v = e.summary().value(1);
+  EXPECT_EQ(v.tag(), "expert_load_moe1");
+  ASSERT_TRUE(v.has_histo());
+  const auto& h = v.histo();
+  // Bucket i covers (i - 0.5, i + 0.5]: expert i's slots.
+  EXPECT_EQ(std::vector<double>(h.bucket().begin(), h.bucket().end()), (std::vector<double>{3, 0, 5, 2}));
+  EXPECT_EQ(std::vector<double>(h.bucket_limit().begin(), h.bucket_limit().end()), (std::vector<double>{0.5, 1.5, 2.5, 3.5}));
+  EXPECT_DOUBLE_EQ(h.num(), 10);
+  EXPECT_DOUBLE_EQ(h.sum(), 0 * 3 + 2 * 5 + 3 * 2);
+  EXPECT_DOUBLE_EQ(h.sum_squares(), 4 * 5 + 9 * 2);
+  EXPECT_DOUBLE_EQ(h.max(), 3);
+}
+
 TEST(Metrics, TensorBoardRecordsCarryTheScalars) {
   const auto dir = fs::temp_directory_path() / ("switchyard_tb_" + std::to_string(::getpid()));
   fs::remove_all(dir);
