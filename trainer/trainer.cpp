@@ -370,10 +370,13 @@ struct StepSums {
       loads[l] += s.tokens_per_expert.to(torch::kFloat64);
       add(dropped, s.dropped_slots);
       add(routed, s.routed_slots);
-      const auto zero = torch::zeros({}, layer_sums[l].options());
-      const auto entropy = s.entropy.defined() ? s.entropy.detach().to(torch::kFloat64) : zero;
-      layer_sums[l] += torch::stack({s.dropped_slots.to(torch::kFloat64), s.routed_slots.to(torch::kFloat64), entropy,
-                                     s.entropy.defined() ? torch::ones({}, layer_sums[l].options()) : zero});
+      // The counters may live on the host or the device (dropless routing counts on the host): all
+      // on the sums' device.
+      const auto& opts = layer_sums[l].options();
+      const auto zero = torch::zeros({}, opts);
+      const auto entropy = s.entropy.defined() ? s.entropy.detach().to(opts) : zero;
+      layer_sums[l] += torch::stack({s.dropped_slots.to(opts), s.routed_slots.to(opts), entropy,
+                                     s.entropy.defined() ? torch::ones({}, opts) : zero});
       capacities[l] = {static_cast<double>(s.capacity), s.capacity_min};
     }
   }
