@@ -47,36 +47,26 @@ void sync_directory(const std::string& dir) noexcept {
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {
   const fs::path target(path);
-  const std::string dir = target.parent_path().string();
   const std::string tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp." +
                                                     std::to_string(::getpid()))).string();
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail(path, "creating " + tmp, errno);
   int err = 0;
-  std::string step;
+  std::string step = "write";
   if (fault_named("write_fail", target.filename().string())) {
     err = ENOSPC;
-    step = "write";
   } else if (!write_all(fd, bytes.data(), bytes.size())) {
     err = errno;
-    step = "write";
-  } else if (::fsync(fd) != 0) {
-    err = errno;
-    step = "fsync";
   }
   if (::close(fd) != 0 && err == 0) {
     err = errno;
     step = "close";
   }
-  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    err = errno;
-    step = "rename";
-  }
   if (err != 0) {
     ::unlink(tmp.c_str());
     fail(path, step, err);
   }
-  sync_directory(dir);
+  publish_file(tmp, path);
 }
 
 void publish_file(const std::string& tmp, const std::string& path) {

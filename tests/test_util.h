@@ -8,7 +8,20 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
+
 namespace switchyard::testing {
+
+/// The message of the `E` (a Switchyard error type) that `fn` throws, or "" when it throws none.
+template <class E = switchyard::Error, class F>
+std::string refusal(F&& fn) {
+  try {
+    fn();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return "";
+}
 
 /// Relative L2 error ||a - b|| / max(||b||, tiny), computed in double.
 inline double rel_l2(const torch::Tensor& a, const torch::Tensor& b) {

@@ -240,17 +240,6 @@ TEST(HfUpcycle, AtStepZeroTheMoEEqualsTheDenseModel) {
   }
 }
 
-/// The message of the Switchyard error `fn` throws.
-template <class F>
-std::string refusal(F&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(nothing thrown)";
-}
-
 TEST(HfImport, RefusesWhatItCannotRepresentNamingFileAndKeyOrTensor) {
   const auto config = tiny(core::ModelFamily::kMixtral);
   const auto dir = temp_dir("refuse");
@@ -266,7 +255,7 @@ TEST(HfImport, RefusesWhatItCannotRepresentNamingFileAndKeyOrTensor) {
   const auto variant = [&](const json& cfg, std::vector<std::pair<std::string, torch::Tensor>> t) {
     const auto d = dir + "/v" + std::to_string(n++);
     write_hf_checkpoint(d, t, cfg.dump(), 1'000'000'000);
-    return refusal([&] { import_hf(d, d + ".yaml", d + ".ckpt", {}); });
+    return testing::refusal([&] { import_hf(d, d + ".yaml", d + ".ckpt", {}); });
   };
   const auto with = [&](const std::string& key, const json& value) {
     auto cfg = base_cfg;
@@ -302,7 +291,7 @@ TEST(HfImport, RefusesWhatItCannotRepresentNamingFileAndKeyOrTensor) {
 
   ImportOptions upcycle;
   upcycle.upcycle = true;
-  EXPECT_NE(refusal([&] { import_hf(dir + "/hf", dir + "/u.yaml", dir + "/u", upcycle); }).find("is an MoE model"), std::string::npos);
+  EXPECT_NE(testing::refusal([&] { import_hf(dir + "/hf", dir + "/u.yaml", dir + "/u", upcycle); }).find("is an MoE model"), std::string::npos);
 }
 
 TEST(HfConfig, ReadsWhatTransformers5Saves) {
@@ -339,11 +328,11 @@ TEST(HfExport, RefusesAModelItsFamilyCannotRepresent) {
   const auto dir = temp_dir("export_refuse");
   auto model = random_model(config, 1);
   save(dir + "/ckpt", config, model);
-  EXPECT_NE(refusal([&] { export_hf(dir + "/ckpt", dir + "/a", {}); }).find("model.family is custom; pass --family"),
+  EXPECT_NE(testing::refusal([&] { export_hf(dir + "/ckpt", dir + "/a", {}); }).find("model.family is custom; pass --family"),
             std::string::npos);
   ExportOptions options;
   options.family = core::ModelFamily::kQwen3Moe;
-  EXPECT_NE(refusal([&] { export_hf(dir + "/ckpt", dir + "/b", options); }).find("model.moe.shared_experts: model.family qwen3_moe has none, got 1"),
+  EXPECT_NE(testing::refusal([&] { export_hf(dir + "/ckpt", dir + "/b", options); }).find("model.moe.shared_experts: model.family qwen3_moe has none, got 1"),
             std::string::npos);
 }
 

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "interop/hf_checkpoint.h"
 #include "interop/safetensors.h"
+#include "tests/test_util.h"
 
 namespace switchyard::interop {
 namespace {
@@ -32,17 +33,6 @@ std::string write_raw(const std::string& path, const std::string& header, size_t
   bytes.append(data_bytes, '\x01');
   std::ofstream(path, std::ios::binary) << bytes;
   return path;
-}
-
-/// The DataError message `fn` throws ("" when it throws none).
-template <class F>
-std::string refusal(F&& fn) {
-  try {
-    fn();
-  } catch (const DataError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(Safetensors, RoundTripsEveryDtypeAndMetadata) {
@@ -111,18 +101,18 @@ TEST(Safetensors, RefusesMalformedFilesNamingFileAndTensor) {
   };
   for (const auto& c : cases) {
     const auto path = write_raw(dir + "/" + c.name + ".safetensors", c.header, c.data, c.claimed);
-    const auto message = refusal([&] { SafetensorsFile file(path); });
+    const auto message = testing::refusal<DataError>([&] { SafetensorsFile file(path); });
     EXPECT_NE(message.find(path + ": "), std::string::npos) << c.name << ": " << message;
     EXPECT_NE(message.find(c.expect), std::string::npos) << c.name << ": " << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << c.name;
   }
   const auto short_file = write_raw(dir + "/short.safetensors", "", 0);
   fs::resize_file(short_file, 5);
-  EXPECT_NE(refusal([&] { SafetensorsFile file(short_file); }).find("shorter than the header length"), std::string::npos);
-  EXPECT_NE(refusal([&] { SafetensorsFile file(dir); }).find("not a regular file"), std::string::npos);
+  EXPECT_NE(testing::refusal<DataError>([&] { SafetensorsFile file(short_file); }).find("shorter than the header length"), std::string::npos);
+  EXPECT_NE(testing::refusal<DataError>([&] { SafetensorsFile file(dir); }).find("not a regular file"), std::string::npos);
   write_safetensors(dir + "/good.safetensors", {{"w", torch::ones({2})}});
   const SafetensorsFile good(dir + "/good.safetensors");
-  EXPECT_EQ(refusal([&] { good.tensor("v"); }), dir + "/good.safetensors: no tensor v");
+  EXPECT_EQ(testing::refusal<DataError>([&] { good.tensor("v"); }), dir + "/good.safetensors: no tensor v");
 }
 
 TEST(HfCheckpointDir, ShardsAboveTheLimitAndReadsThemBack) {
@@ -142,9 +132,9 @@ TEST(HfCheckpointDir, ShardsAboveTheLimitAndReadsThemBack) {
 
   // An index naming a tensor its shard lacks, or a file outside the directory, is refused by name.
   std::ofstream(dir + "/model.safetensors.index.json") << R"({"weight_map": {"t9": "model-00001-of-00003.safetensors"}})";
-  EXPECT_NE(refusal([&] { HfCheckpoint c(dir); }).find("model-00001-of-00003.safetensors: no tensor t9"), std::string::npos);
+  EXPECT_NE(testing::refusal<DataError>([&] { HfCheckpoint c(dir); }).find("model-00001-of-00003.safetensors: no tensor t9"), std::string::npos);
   std::ofstream(dir + "/model.safetensors.index.json") << R"({"weight_map": {"t0": "../x.safetensors"}})";
-  EXPECT_NE(refusal([&] { HfCheckpoint c(dir); }).find("weight_map.t0 names '../x.safetensors'"), std::string::npos);
+  EXPECT_NE(testing::refusal<DataError>([&] { HfCheckpoint c(dir); }).find("weight_map.t0 names '../x.safetensors'"), std::string::npos);
 }
 
 }  // namespace
