@@ -433,6 +433,9 @@ void Config::validate() const {
   require(data.blend.empty() || (data.path.empty() && data.source != DataSource::kSynthetic),
           "data.blend: replaces data.path (set one of them) and needs a data.source that reads files, got data.source " +
               std::string(enum_name(data.source)) + (data.path.empty() ? "" : " and data.path " + data.path));
+  require(!data.reset_at_eod || (data.eod_id >= 0 && data.eod_id < model.vocab_size),
+          "data.eod_id: data.reset_at_eod needs the end-of-document token, in [0, model.vocab_size " +
+              std::to_string(model.vocab_size) + "), got " + std::to_string(data.eod_id));
   require(data.tokenizer.empty() || data.source == DataSource::kText,
           "data.tokenizer: only data.source text tokenizes (megatron and tokens data are tokenized already; "
           "switchyard tokenize makes megatron data), got data.source " + std::string(enum_name(data.source)));

@@ -271,6 +271,8 @@ struct DataConfig {
   std::string path;
   std::string blend;
   std::string tokenizer;
+  bool reset_at_eod = false;
+  int64_t eod_id = -1;
   TokenDtype token_dtype = TokenDtype::kUint16;
   double val_fraction = 0.05;
   int64_t synthetic_tokens = 1 << 21;
@@ -284,6 +286,9 @@ struct DataConfig {
                             "--data-path form; each PATH read as data.source says; weights normalized)");
     v.field("tokenizer", tokenizer, "text: a SentencePiece model (spm_train's .model) to tokenize with; empty: "
                                     "bytes (vocab 256)");
+    v.field("reset_at_eod", reset_at_eod, "documents packed into one sequence do not see each other: after each "
+                                          "data.eod_id token, positions restart at 0 and attention starts anew");
+    v.field("eod_id", eod_id, "the end-of-document token (switchyard tokenize prints it); -1: none", Bounds::in(-1, 1 << 30));
     v.field("token_dtype", token_dtype, "tokens: element type of the flat binary (uint16 or uint32)");
     v.field("val_fraction", val_fraction, "share of the corpus held out for validation",
             Bounds::in_open_lo(0, 0.5));

@@ -62,7 +62,7 @@ AttentionImpl::AttentionImpl(const core::ModelConfig& config)
   sin_ = register_buffer("rope_sin", angles.sin().to(torch::kFloat32));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& segments) {
   const int64_t batch = x.size(0), seq = x.size(1);
   SY_CHECK(seq <= cos_.size(0), "attention: sequence of ", seq, " tokens exceeds model.seq_len ", cos_.size(0));
   // [B, S, (H + 2G) hd] -> q [B, H, S, hd], k and v [B, G, S, hd] (G = H without grouped-query attention).
@@ -83,25 +83,43 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
     q = q_norm->forward(q);
     k = k_norm->forward(k);
   }
-  // RoPE, half-split convention: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos).
-  q = kernels::rope(q, cos_, sin_);
-  k = kernels::rope(k, cos_, sin_);
+  // RoPE, half-split convention: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos). Packed documents
+  // (segments): each token at its position inside its document, attending inside it only.
+  torch::Tensor mask;  // [B, 1, S, S] bool, true where attention is allowed
+  if (segments.defined()) {
+    const auto seg = segments.to(x.device());
+    const auto index = torch::arange(seq, seg.options()).unsqueeze(0).expand({batch, seq});
+    // A document's first index is the largest index whose segment changed at or before each token.
+    const auto starts = torch::where(seg.ne(torch::cat({seg.narrow(1, 0, 1) - 1, seg.narrow(1, 0, seq - 1)}, 1)), index,
+                                     torch::zeros_like(index)).cummax(1);
+    const auto positions = index - std::get<0>(starts);
+    q = kernels::rope_at(q, cos_, sin_, positions);
+    k = kernels::rope_at(k, cos_, sin_, positions);
+    const auto causal = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).tril();
+    mask = (seg.unsqueeze(2) == seg.unsqueeze(1)).logical_and(causal).unsqueeze(1);
+  } else {
+    q = kernels::rope(q, cos_, sin_);
+    k = kernels::rope(k, cos_, sin_);
+  }
   const bool grouped = n_kv_heads_ != n_heads_;
   torch::Tensor attn;
 #if SY_TORCH_AT_LEAST(2, 5)
   // Grouped-query attention inside SDPA: no repeated copies of k and v.
-  attn = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/grouped);
+  attn = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false, std::nullopt, grouped)
+                        : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, grouped);
 #else
   if (grouped) {  // each group of H / G query heads shares one key/value head
     k = k.repeat_interleave(n_heads_ / n_kv_heads_, 1);
     v = v.repeat_interleave(n_heads_ / n_kv_heads_, 1);
   }
 #if SY_TORCH_AT_LEAST(2, 0)
-  attn = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  attn = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask, 0.0, /*is_causal=*/false)
+                        : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
 #else
   auto scores = q.matmul(k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
-  const auto mask = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).triu(1);
-  scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  const auto allowed = mask.defined() ? mask
+                                      : torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).tril();
+  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
   attn = torch::softmax(losses::at_least_fp32(scores), -1).to(v.scalar_type()).matmul(v);
 #endif
 #endif
@@ -146,9 +164,10 @@ void TransformerLMImpl::set_recompute(core::RecomputeKind kind) {
 
 TransformerLMImpl::BlockOutput TransformerLMImpl::block_forward(size_t l, const torch::Tensor& h_in,
                                                                 const torch::Tensor& tokens,
-                                                                const torch::Tensor& token_counters) {
+                                                                const torch::Tensor& token_counters,
+                                                                const torch::Tensor& segments) {
   BlockOutput out;
-  auto h = h_in + attentions_[l]->forward(norms1_[l]->forward(h_in));
+  auto h = h_in + attentions_[l]->forward(norms1_[l]->forward(h_in), segments);
   const auto normed = norms2_[l]->forward(h);
   if (moe_layers_[l]) {
     auto moe = moe_layers_[l]->forward(normed, {tokens, token_counters});
@@ -161,7 +180,8 @@ TransformerLMImpl::BlockOutput TransformerLMImpl::block_forward(size_t l, const 
   return out;
 }
 
-LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& token_counters) {
+LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& token_counters,
+                                    const torch::Tensor& segments) {
   SY_CHECK(tokens.dim() == 2, "transformer: expected tokens [B, S], got ", tokens.sizes());
   LMOutput out;
   auto h = embedding->forward(tokens);
@@ -178,8 +198,8 @@ LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Te
       };
       auto first = std::make_shared<FirstRun>();
       const auto outputs = recompute_in_backward(
-          [this, l, tokens, token_counters, first](const torch::Tensor& in) {
-            auto run = block_forward(l, in, tokens, token_counters);
+          [this, l, tokens, token_counters, segments, first](const torch::Tensor& in) {
+            auto run = block_forward(l, in, tokens, token_counters, segments);
             torch::autograd::variable_list result = {run.h};
             for (const auto& [name, value] : run.losses) result.push_back(value);
             if (!first->ran) {
@@ -194,7 +214,7 @@ LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Te
       block.stats = std::move(first->stats);
       for (size_t i = 0; i < first->names.size(); ++i) block.losses[first->names[i]] = outputs[i + 1];
     } else {
-      block = block_forward(l, h, tokens, token_counters);
+      block = block_forward(l, h, tokens, token_counters, segments);
     }
     h = block.h;
     if (moe_layers_[l]) {
@@ -215,6 +235,11 @@ LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Te
 torch::Tensor TransformerLMImpl::lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
   return torch::nn::functional::cross_entropy(losses::at_least_fp32(logits.reshape({-1, logits.size(-1)})),
                                               targets.reshape({-1}));
+}
+
+torch::Tensor document_segments(const torch::Tensor& tokens, int64_t eod_id) {
+  const auto ends = tokens.eq(eod_id).to(torch::kInt64);
+  return ends.cumsum(1) - ends;  // exclusive: the end-of-document token stays in its document
 }
 
 double model_flops_per_token(const core::ModelConfig& model) {

@@ -31,8 +31,10 @@ TORCH_MODULE(RMSNorm);
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const core::ModelConfig& config);
-  /// x [B, S, d] -> [B, S, d], causal.
-  torch::Tensor forward(const torch::Tensor& x);
+  /// x [B, S, d] -> [B, S, d], causal. `segments` [B, S] int64 (optional): each token's document
+  /// within its sequence, non-decreasing; a token then attends only inside its document and its RoPE
+  /// position counts from the document's first token.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& segments = {});
   torch::nn::Linear qkv{nullptr}, out{nullptr};  ///< qkv: d -> (n_heads + 2 n_kv_heads) * head_dim; out: back to d
   RMSNorm q_norm{nullptr}, k_norm{nullptr};      ///< model.qk_norm head: [head_dim]; full: [heads * head_dim]
 
@@ -60,7 +62,10 @@ class TransformerLMImpl : public torch::nn::Module {
                     DispatcherFactory dispatchers = nullptr);
   /// tokens [B, S] int64 -> logits and routing losses. `token_counters` [B, S] int64: each token's
   /// counter for routing noise (TokenInfo::counters; the trainer numbers the tokens of the run).
-  LMOutput forward(const torch::Tensor& tokens, const torch::Tensor& token_counters = {});
+  /// `segments` [B, S] int64: documents packed in each sequence (AttentionImpl::forward; see
+  /// document_segments), or undefined for one document per sequence.
+  LMOutput forward(const torch::Tensor& tokens, const torch::Tensor& token_counters = {},
+                   const torch::Tensor& segments = {});
   /// Mean next-token cross entropy of logits [B, S, V] against targets [B, S].
   static torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets);
 
@@ -77,7 +82,7 @@ class TransformerLMImpl : public torch::nn::Module {
     std::optional<MoEStats> stats;
   };
   BlockOutput block_forward(size_t l, const torch::Tensor& h, const torch::Tensor& tokens,
-                            const torch::Tensor& token_counters);
+                            const torch::Tensor& token_counters, const torch::Tensor& segments);
   core::RecomputeKind recompute_ = core::RecomputeKind::kNone;
 
   core::ModelConfig config_;
@@ -91,6 +96,10 @@ class TransformerLMImpl : public torch::nn::Module {
   std::vector<RMSNorm> norms1_, norms2_;
 };
 TORCH_MODULE(TransformerLM);
+
+/// Each token's document within its sequence for data.reset_at_eod: tokens [B, S] -> [B, S] int64,
+/// the count of `eod_id` tokens before it (an end-of-document token belongs to the document it ends).
+torch::Tensor document_segments(const torch::Tensor& tokens, int64_t eod_id);
 
 /// Model FLOPs of one training token (forward + backward = 3x forward), counting matrix multiplies
 /// only, with the routed experts a token actually uses (top_k; null experts cost nothing):

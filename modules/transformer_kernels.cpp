@@ -103,6 +103,19 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   return (normed * weight.to(xf.scalar_type())).to(x.scalar_type());
 }
 
+torch::Tensor rope_at(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                      const torch::Tensor& positions) {
+  SY_CHECK(x.dim() == 4 && positions.dim() == 2 && positions.size(0) == x.size(0) && positions.size(1) == x.size(2),
+           "rope_at: x [B, H, S, hd] and positions [B, S] expected, got ", x.sizes(), " and ", positions.sizes());
+  const int64_t half = x.size(3) / 2;
+  const auto rows = positions.reshape({-1}).to(cos.device());
+  // [B, 1, S, hd / 2]: each token's row, broadcast over the heads.
+  const auto c = cos.index_select(0, rows).view({x.size(0), 1, x.size(2), half}).to(x.scalar_type());
+  const auto s = sin.index_select(0, rows).view({x.size(0), 1, x.size(2), half}).to(x.scalar_type());
+  const auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return torch::cat({x1 * c - x2 * s, x1 * s + x2 * c}, -1);
+}
+
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
   if (fused(x)) return RopeFn::apply(x, cos, sin);
   return raw::rope_rotate(x, cos, sin, 1.0f);

@@ -20,6 +20,12 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 /// in x (the backward is the rotation by the opposite angle); on CUDA one launch each way.
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 
+/// RoPE as `rope`, each token at its own position: positions [B, S] int64 (rows of cos and sin). The
+/// ATen composition, differentiated by autograd, on every device (documents packed with
+/// data.reset_at_eod).
+torch::Tensor rope_at(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                      const torch::Tensor& positions);
+
 namespace raw {
 /// {y, rstd [rows] fp32}.
 std::pair<torch::Tensor, torch::Tensor> rms_norm_forward(const torch::Tensor& x, const torch::Tensor& weight, double eps);

@@ -298,6 +298,7 @@ void Trainer::for_each_micro_batch(const data::BatchSampler& sampler, int64_t in
     auto counters = sequences * seq + positions;
     if (eval) counters = counters.bitwise_or(kEvalCounterBit);
     mb.counters = to_device(counters);
+    if (config_.data.reset_at_eod) mb.segments = modules::document_segments(mb.inputs, config_.data.eod_id);
     fn(mb);
   }
 }
@@ -319,7 +320,7 @@ void Trainer::count_step_routing(int64_t step) {
   std::vector<torch::Tensor> counts;
   for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) {
     runtime::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
-    const auto out = model_->forward(mb.inputs, mb.counters);
+    const auto out = model_->forward(mb.inputs, mb.counters, mb.segments);
     for (size_t l = 0; l < out.moe_stats.size(); ++l) {
       const auto c = out.moe_stats[l].tokens_per_expert.to(torch::kCPU, torch::kFloat64);
       if (counts.size() <= l) counts.push_back(c);
@@ -440,7 +441,7 @@ Trainer::StepResult Trainer::compute_gradients() {
   // micro-batch (the backward runs on autograd's device thread, outside autocast).
   runtime::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
   for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) {
-    const auto out = model_->forward(mb.inputs, mb.counters);
+    const auto out = model_->forward(mb.inputs, mb.counters, mb.segments);
     auto lm = modules::TransformerLMImpl::lm_loss(out.logits, mb.targets);
     if (core::fault_at("nan_at_step", step + 1)) lm = lm * std::numeric_limits<double>::quiet_NaN();
     ((lm + out.aux_loss) / static_cast<double>(micro_steps)).backward();
@@ -503,7 +504,7 @@ void Trainer::for_each_validation_forward(int64_t batches,
   model_->eval();
   runtime::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
   for (int64_t b = 0; b < batches; ++b) {
-    for_each_micro_batch(*val_sampler_, b, true, [&](const MicroBatch& mb) { fn(mb, model_->forward(mb.inputs, mb.counters)); });
+    for_each_micro_batch(*val_sampler_, b, true, [&](const MicroBatch& mb) { fn(mb, model_->forward(mb.inputs, mb.counters, mb.segments)); });
   }
   model_->train();
 }

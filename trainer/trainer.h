@@ -88,6 +88,7 @@ class Trainer {
   /// A micro-batch: inputs and targets [micro, seq_len], each input token's run-wide counter.
   struct MicroBatch {
     torch::Tensor inputs, targets, counters;
+    torch::Tensor segments;  ///< data.reset_at_eod: each input token's document (undefined otherwise)
   };
   /// Runs `fn` on each micro-batch this rank holds of global batch `index` of `sampler`, in order.
   /// `eval` numbers the tokens in a counter stream of its own.

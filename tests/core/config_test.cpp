@@ -197,6 +197,11 @@ TEST(ConfigRule, HeadWidthEvenForRope) {
   // With head_dim set, n_heads need not divide d_model (Qwen3: 32 heads of 128 on d_model 2048).
   EXPECT_NO_THROW(load_config_text("", {"model.d_model=24", "model.n_heads=5", "model.head_dim=8"}, "test.yaml"));
 }
+TEST(ConfigRule, ResetAtEodNeedsTheToken) {
+  EXPECT_HAS(load_error("", {"data.reset_at_eod=true"}), "data.eod_id: data.reset_at_eod needs the end-of-document token");
+  EXPECT_HAS(load_error("", {"data.reset_at_eod=true", "data.eod_id=256"}), "in [0, model.vocab_size 256), got 256");
+  EXPECT_NO_THROW(load_config_text("", {"data.reset_at_eod=true", "data.eod_id=2"}, "test.yaml"));
+}
 TEST(ConfigRule, FamilyNamesTheKeyItCannotExpress) {
   EXPECT_HAS(load_error("", {"model.family=mixtral", "model.qk_norm=head"}),
              "model.qk_norm: model.family mixtral is none, got head");

@@ -132,6 +132,35 @@ TEST(Attention, GroupedQueryAttentionSharesEachKeyValueHeadWithItsGroup) {
   EXPECT_LT(switchyard::testing::rel_l2(gqa->forward(x), full->forward(x)), 1e-6);
 }
 
+TEST(TransformerLM, PackedDocumentsDoNotSeeEachOther) {
+  // data.reset_at_eod: the second document of a packed sequence gets the logits it has alone (its
+  // positions from 0, no attention to the first), and the first is unchanged; without segments the
+  // second document sees the first. Grouped-query attention, an MoE in every layer (dropless).
+  auto cfg = small_model();
+  cfg.n_kv_heads = 1;
+  cfg.moe.every = 1;
+  TransformerLM lm(cfg, core::LossesConfig{}, 3);
+  lm->eval();
+  torch::NoGradGuard no_grad;
+  const int64_t eod = 31;
+  auto doc_a = torch::randint(0, 31, {1, 6}, torch::kInt64);
+  doc_a.index_put_({0, 5}, eod);
+  const auto doc_b = torch::randint(0, 31, {1, 10}, torch::kInt64);
+  const auto packed = torch::cat({doc_a, doc_b}, 1);  // [1, 16]
+  const auto segments = document_segments(packed, eod);
+  EXPECT_TRUE(torch::equal(segments, torch::cat({torch::zeros({1, 6}, torch::kInt64), torch::ones({1, 10}, torch::kInt64)}, 1)));
+  using torch::indexing::Slice;
+  const auto together = lm->forward(packed, {}, segments).logits;
+  const auto alone_b = lm->forward(doc_b).logits;
+  const auto alone_a = lm->forward(doc_a).logits;
+  EXPECT_LT(switchyard::testing::rel_l2(together.index({Slice(), Slice(6, 16)}), alone_b), 1e-5);
+  EXPECT_LT(switchyard::testing::rel_l2(together.index({Slice(), Slice(0, 6)}), alone_a), 1e-5);
+  const auto unsegmented = lm->forward(packed).logits;
+  EXPECT_GT(switchyard::testing::rel_l2(unsegmented.index({Slice(), Slice(6, 16)}), alone_b), 1e-2);
+  // One document: segments change nothing.
+  EXPECT_LT(switchyard::testing::rel_l2(lm->forward(doc_b, {}, torch::zeros({1, 10}, torch::kInt64)).logits, alone_b), 1e-6);
+}
+
 /// Scales the qkv rows of query head `q_head` by `q_scale` and of key head `k_head` by `k_scale`.
 void scale_heads(Attention& a, int64_t hd, int64_t heads, int64_t q_head, double q_scale, int64_t k_head, double k_scale) {
   torch::NoGradGuard g;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # data.blend through the CLI (issue 22): two Megatron corpora at 0.7 / 0.3 train with the same
 # per-step losses at 1, 2 and 4 ranks (the same sequences in the same order; losses to 1e-5, the
-# rank count changing only the summation order), resume exactly, and a bad blend is one error line.
+# rank count changing only the summation order), resume exactly, and a bad blend is one error line;
+# data.reset_at_eod trains on them.
 # Usage: blend_test.sh <switchyard> <mpiexec> <mpiexec flags...>
 source "$(dirname "$0")/tiny_run.sh"
 python3 - "$work" <<'PY'
@@ -48,6 +49,16 @@ echo step_00000004 >"$work/resume/checkpoints/latest"
 run 2 "$work/resume"
 [ "$(losses "$work/resume")" = "$(losses "$work/r2")" ] && ok "resumed at step 4: losses 1-8 bitwise equal" ||
   fail "resume: $(losses "$work/resume") against $(losses "$work/r2")"
+
+# data.reset_at_eod (token 0 of corpus a as the end of a document): trains, and the packed documents
+# no longer see each other, so the losses differ from the plain run's.
+run 2 "$work/eod" --set data.reset_at_eod=true --set data.eod_id=0 || fail "reset_at_eod: $(grep -m1 error "$work/eod.log")"
+[ -f "$work/eod/metrics.jsonl" ] && [ "$(losses "$work/eod")" != "$(losses "$work/r2")" ] &&
+  ok "data.reset_at_eod trains: $(losses "$work/eod" | cut -d' ' -f1,8) (plain: $(losses "$work/r2" | cut -d' ' -f1,8))" ||
+  fail "reset_at_eod: $(losses "$work/eod" 2>&1)"
+"$bin" train --config "$cfg" "${common[@]}" --set data.reset_at_eod=true --run-dir "$work/bad0" 2>"$work/bad0.err"; status=$?
+[ "$status" -eq 2 ] && grep -q "^error: data.eod_id: data.reset_at_eod needs the end-of-document token" "$work/bad0.err" &&
+  ok "reset_at_eod without eod_id: $(cat "$work/bad0.err")" || fail "reset_at_eod without eod_id: $status $(cat "$work/bad0.err")"
 
 # Bad blends: one line naming data.blend.
 "$bin" train --config "$cfg" "${common[@]}" --set data.source=megatron --set "data.blend=0.7 $work/a 0.3" \
