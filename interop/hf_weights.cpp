@@ -161,16 +161,13 @@ bool ignorable(const std::string& name, bool tied) {
 }  // namespace
 
 ExportSummary export_hf(const std::string& checkpoint_dir, const std::string& out_dir, const ExportOptions& options) {
-  const auto manifest = trainer::read_manifest(checkpoint_dir);
-  const auto config = core::load_config_text(manifest.config_yaml(), {}, checkpoint_dir + "/manifest.pb");
+  auto [config, model] = trainer::load_checkpoint_model(checkpoint_dir);
   ExportSummary summary;
   summary.family = options.family == core::ModelFamily::kCustom ? config.model.family : options.family;
   SY_CHECK_AS(ConfigError, summary.family != core::ModelFamily::kCustom, checkpoint_dir,
               ": model.family is custom; pass --family mixtral, qwen3_moe or olmoe");
   const auto mismatch = core::family_mismatch(config.model, summary.family);
   SY_CHECK_AS(ConfigError, mismatch.empty(), checkpoint_dir, ": ", mismatch);
-  modules::TransformerLM model(config.model, config.losses, static_cast<uint64_t>(config.train.seed));
-  trainer::load_weights(checkpoint_dir, *model);
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for_each_hf_tensor(*model, config.model, summary.family, false, [&](const HfBinding& b) {
     auto t = (b.transposed ? b.view.t() : b.view).to(options.dtype).contiguous();

@@ -98,10 +98,7 @@ void add_logits(CLI::App& app, Commands& commands) {
   cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   commands.emplace_back(cmd, [o](RankStarter&) {
     if (launched_as_other_rank()) return 0;
-    const auto manifest = trainer::read_manifest(o->checkpoint);
-    const auto config = core::load_config_text(manifest.config_yaml(), {}, o->checkpoint + "/manifest.pb");
-    modules::TransformerLM model(config.model, config.losses, static_cast<uint64_t>(config.train.seed));
-    trainer::load_weights(o->checkpoint, *model);
+    auto [config, model] = trainer::load_checkpoint_model(o->checkpoint);
     const interop::SafetensorsFile file(o->tokens);
     SY_CHECK_AS(DataError, file.contains("tokens"), o->tokens, ": no tensor tokens");
     auto tokens = file.tensor("tokens");

@@ -300,10 +300,22 @@ void write_weights_checkpoint(const std::string& dir, const std::string& config_
   SY_CHECK_AS(IoError, !ec, dir, ": cannot publish the checkpoint (", ec.message(), ")");
 }
 
-void load_weights(const std::string& dir, modules::TransformerLMImpl& model) {
-  const auto manifest = read_manifest(dir);
+namespace {
+void load_weights(const std::string& dir, const proto::CheckpointManifest& manifest, modules::TransformerLMImpl& model) {
   torch::NoGradGuard no_grad;
   for_each_checkpoint_tensor(model, nullptr, single_process_placements(model), 0, tensor_loader(dir, manifest));
+}
+}  // namespace
+
+void load_weights(const std::string& dir, modules::TransformerLMImpl& model) { load_weights(dir, read_manifest(dir), model); }
+
+CheckpointModel load_checkpoint_model(const std::string& dir) {
+  const auto manifest = read_manifest(dir);
+  CheckpointModel m;
+  m.config = core::load_config_text(manifest.config_yaml(), {}, dir + "/manifest.pb");
+  m.model = modules::TransformerLM(m.config.model, m.config.losses, static_cast<uint64_t>(m.config.train.seed));
+  load_weights(dir, manifest, *m.model);
+  return m;
 }
 
 std::string expert_tensor_name(const std::string& param, int64_t global_id) {

@@ -76,6 +76,14 @@ void write_weights_checkpoint(const std::string& dir, const std::string& config_
 /// collective: what `switchyard export` and `logits` read.
 void load_weights(const std::string& dir, modules::TransformerLMImpl& model);
 
+/// The model a checkpoint holds, built single-process from the config in its manifest and loaded
+/// (load_weights), with that config: what `export` and `logits` start from. Not collective.
+struct CheckpointModel {
+  core::Config config;
+  modules::TransformerLM model{nullptr};
+};
+CheckpointModel load_checkpoint_model(const std::string& dir);
+
 /// Reads `dir`/manifest.pb, verifies its checksum and the consistency of its fields (step against the
 /// directory's name, skipped steps, world and expert-parallel sizes, placement, tensor files and
 /// extents). Throws CheckpointError naming the file and the field.
