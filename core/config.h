@@ -28,6 +28,7 @@ enum class Precision { kFp32, kBf16, kFp64 };
 enum class DeviceKind { kCpu, kCuda };
 enum class NanPolicy { kSkip, kError };
 enum class RecomputeKind { kNone, kMoE, kFull };
+enum class CudaGraphMode { kAuto, kOn, kOff };
 enum class LrSchedule { kCosine, kWsd, kConstant, kInverseSqrt };
 enum class DecayShape { kLinear, kCosine, kOneMinusSqrt };
 enum class QkNorm { kNone, kHead, kFull };
@@ -63,6 +64,7 @@ SY_ENUM_NAMES(Precision, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"},
 SY_ENUM_NAMES(DeviceKind, {DeviceKind::kCpu, "cpu"}, {DeviceKind::kCuda, "cuda"});
 SY_ENUM_NAMES(NanPolicy, {NanPolicy::kSkip, "skip"}, {NanPolicy::kError, "error"});
 SY_ENUM_NAMES(RecomputeKind, {RecomputeKind::kNone, "none"}, {RecomputeKind::kMoE, "moe"}, {RecomputeKind::kFull, "full"});
+SY_ENUM_NAMES(CudaGraphMode, {CudaGraphMode::kAuto, "auto"}, {CudaGraphMode::kOn, "on"}, {CudaGraphMode::kOff, "off"});
 SY_ENUM_NAMES(LrSchedule, {LrSchedule::kCosine, "cosine"}, {LrSchedule::kWsd, "wsd"}, {LrSchedule::kConstant, "constant"},
               {LrSchedule::kInverseSqrt, "inverse_sqrt"});
 SY_ENUM_NAMES(DecayShape, {DecayShape::kLinear, "linear"}, {DecayShape::kCosine, "cosine"},
@@ -321,6 +323,7 @@ struct TrainConfig {
   Precision precision = Precision::kFp32;
   RecomputeKind recompute = RecomputeKind::kNone;
   bool deterministic = false;
+  CudaGraphMode cuda_graph = CudaGraphMode::kAuto;
   DeviceKind device = DeviceKind::kCpu;
   std::string run_dir = "runs/default";
   NanPolicy nan_policy = NanPolicy::kSkip;
@@ -362,6 +365,10 @@ struct TrainConfig {
                                     "both projections and the activation), or full (each transformer block)");
     v.field("deterministic", deterministic, "bitwise reproducible GPU runs: PyTorch's deterministic algorithms "
                                             "(slower; an op without one stops the run naming it)");
+    v.field("cuda_graph", cuda_graph, "replay each training step from one CUDA graph (one launch instead of thousands: "
+                                      "for steps bound by the host's launches). auto: the second eager step and the "
+                                      "first replay are timed and the faster kept; on; off. Needs CUDA, one rank, bf16 "
+                                      "and dropless routing: elsewhere steps run eagerly and the log says why");
     v.field("run_dir", run_dir, "run directory: config.yaml, metrics.jsonl, checkpoints/");
     v.field("nan_policy", nan_policy, "on NaN/Inf loss or gradients: skip the step, or error");
     v.field("max_consecutive_skips", max_consecutive_skips, "nan_policy skip: the run stops with an error after "

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "modules/moe_kernels.h"
+#include "runtime/cuda_graph.h"
 #include "runtime/torch_version.h"
 
 namespace switchyard::modules {
@@ -69,6 +70,8 @@ constexpr int64_t kPerExpertInputGradRows = 2048;
 /// beta = 1 (no separate gradient add; Megatron's gradient-accumulation fusion), and gives autograd
 /// no weight gradient to accumulate. The input gradient is one cuBLAS GEMM per expert when experts
 /// average 2,048 rows or more (measured faster than the grouped kernel there), else a grouped GEMM.
+/// Without host counts (the step captured in a CUDA graph) both gradients are grouped GEMMs and the
+/// weight gradient is added to w.grad.
 class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
  public:
   /// w16: w as bf16 (the experts' cast, shared by the micro-batches of a step).
@@ -77,7 +80,7 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
                                const c10::intrusive_ptr<HostCounts>& counts) {
     ctx->save_for_backward({x, w16, offs});
     ctx->saved_data["weight"] = w;
-    ctx->saved_data["counts"] = c10::IValue::make_capsule(counts);
+    if (counts) ctx->saved_data["counts"] = c10::IValue::make_capsule(counts);
     return at::_grouped_mm(x, w16, offs);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -86,6 +89,18 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
     const auto& w16 = saved[1];
     const auto& offs = saved[2];
     const auto dy = grads[0].to(torch::kBFloat16).contiguous();
+    const variable_list none_else = {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    auto w = ctx->saved_data["weight"].toTensor();
+    auto& grad = w.mutable_grad();
+    if (!ctx->saved_data.count("counts")) {  // captured in a CUDA graph: grouped GEMMs, no host counts
+      variable_list out = {ctx->needs_input_grad(0) ? at::_grouped_mm(dy, w16.transpose(-2, -1), offs) : torch::Tensor()};
+      out.insert(out.end(), none_else.begin(), none_else.end());
+      if (!ctx->needs_input_grad(1)) return out;
+      const auto dw = at::_grouped_mm(x.transpose(-2, -1), dy, offs);  // [E, d_in, d_out], bf16
+      if (grad.defined()) grad.add_(dw);
+      else grad = dw.to(w.scalar_type());
+      return out;
+    }
     const auto counts = c10::static_intrusive_pointer_cast<HostCounts>(ctx->saved_data["counts"].toCapsule())->get();
     torch::Tensor dx;
     if (ctx->needs_input_grad(0)) {
@@ -93,8 +108,6 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
       dx = per_expert ? kernels::raw::expert_input_grad(dy, w16, counts) : at::_grouped_mm(dy, w16.transpose(-2, -1), offs);
     }
     if (!ctx->needs_input_grad(1)) return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
-    auto w = ctx->saved_data["weight"].toTensor();
-    auto& grad = w.mutable_grad();
     const bool usable = grad.defined() && grad.is_contiguous() && grad.sizes() == w.sizes() &&
                         (grad.scalar_type() == torch::kBFloat16 || grad.scalar_type() == torch::kFloat32);
     if (usable) {
@@ -110,10 +123,11 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
 };
 
 /// The grouped GEMM of an expert projection: GroupedLinearFn when the weight is a parameter being
-/// trained (its gradient is accumulated in place), autograd's own `_grouped_mm` otherwise.
+/// trained (its gradient is accumulated in place; per expert with `counts`, grouped without),
+/// autograd's own `_grouped_mm` otherwise.
 torch::Tensor grouped_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& w16,
-                             const torch::Tensor& offs, const c10::intrusive_ptr<HostCounts>& counts) {
-  if (counts) return GroupedLinearFn::apply(x, w, w16, offs, counts);
+                             const torch::Tensor& offs, bool trained, const c10::intrusive_ptr<HostCounts>& counts) {
+  if (trained) return GroupedLinearFn::apply(x, w, w16, offs, counts);
   return at::_grouped_mm(x, w.to(torch::kBFloat16), offs);  // autograd's own, through the cast
 }
 #endif
@@ -159,12 +173,14 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
     // A weight being trained takes GroupedLinearFn, whose backward needs the counts on the host.
     const auto trained = [&](const torch::Tensor& w) { return torch::GradMode::is_enabled() && w.requires_grad() && w.is_leaf(); };
     const bool train_in = trained(w_in), train_out = trained(w_out);
-    const auto host_counts = train_in || train_out ? c10::make_intrusive<HostCounts>(counts) : nullptr;
+    // Inside a CUDA graph capture the host cannot wait for the counts: the backward stays grouped.
+    const bool host_counts_usable = (train_in || train_out) && !runtime::cuda_capturing();
+    const auto host_counts = host_counts_usable ? c10::make_intrusive<HostCounts>(counts) : nullptr;
     const auto w_in16 = train_in ? bf16_weight(w_in, w_in_bf16_, w_in_bf16_version_) : torch::Tensor();
     const auto w_out16 = train_out ? bf16_weight(w_out, w_out_bf16_, w_out_bf16_version_) : torch::Tensor();
-    const auto h = grouped_linear(x.to(torch::kBFloat16), w_in, w_in16, offs, train_in ? host_counts : nullptr);
+    const auto h = grouped_linear(x.to(torch::kBFloat16), w_in, w_in16, offs, train_in, host_counts);
     if (host_counts) host_counts->start();
-    return grouped_linear(activate(h), w_out, w_out16, offs, train_out ? host_counts : nullptr);
+    return grouped_linear(activate(h), w_out, w_out16, offs, train_out, host_counts);
   }
 #endif
   const auto counts = tokens_per_expert.to(torch::kCPU, torch::kInt64);

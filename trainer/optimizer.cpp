@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <optional>
+#include <stdexcept>
 #include <vector>
 
 #include "runtime/torch_version.h"
@@ -44,12 +45,21 @@ struct FusedGroup {
     at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, counts, lr, b1, b2, weight_decay, eps,
                       /*amsgrad=*/false, /*maximize=*/false, grad_scale);
   }
+  void step(const torch::Tensor& lr, double b1, double b2, double weight_decay, double eps, const torch::Tensor& count,
+            const torch::Tensor& grad_scale, const torch::Tensor& found_inf) {
+    if (params.empty()) return;
+    const std::vector<torch::Tensor> counts(params.size(), count);
+    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, counts, lr, b1, b2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false, grad_scale, found_inf);
+  }
 };
 #else
 bool fusable(const torch::Tensor&, const AdamW::State&) { return false; }
 struct FusedGroup {
   void add(torch::Tensor&, AdamW::State&) {}
   void step(double, double, double, double, double, int64_t, double) {}
+  void step(const torch::Tensor&, double, double, double, double, const torch::Tensor&, const torch::Tensor&,
+            const torch::Tensor&) {}
 };
 #endif
 
@@ -98,6 +108,22 @@ void AdamW::step(double lr, double grad_multiplier) {
   }
   for (int decay = 0; decay < 2; ++decay) {
     fused[decay].step(lr, b1, b2, decay ? config_.weight_decay : 0.0, config_.adam_eps, steps_, grad_multiplier);
+  }
+}
+
+void AdamW::step_on_device(const torch::Tensor& lr, const torch::Tensor& grad_scale, const torch::Tensor& found_inf,
+                           const torch::Tensor& count) {
+  torch::NoGradGuard no_grad;
+  FusedGroup fused[2];
+  for (auto& [name, p] : params_) {
+    if (!p.grad().defined()) continue;
+    auto& s = state(name);
+    if (!fusable(p, s)) throw std::invalid_argument("AdamW: parameter " + name + " cannot take the fused update on the device");
+    fused[config_.weight_decay > 0 && p.dim() > 1].add(p, s);
+  }
+  for (int decay = 0; decay < 2; ++decay) {
+    fused[decay].step(lr, config_.beta1, config_.beta2, decay ? config_.weight_decay : 0.0, config_.adam_eps, count,
+                      grad_scale, found_inf);
   }
 }
 

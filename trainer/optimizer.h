@@ -27,6 +27,15 @@ class AdamW {
   /// One update with learning rate `lr` from the parameters' .grad() times `grad_multiplier` (gradient
   /// clipping without a pass over the gradients); undefined grads are skipped.
   void step(double lr, double grad_multiplier = 1.0);
+  /// The same update as device work reading its inputs from 0-dim fp32 tensors on the parameters'
+  /// device, so it can be captured in a CUDA graph: learning rate `lr`, each gradient divided by
+  /// `grad_scale`, no update where `found_inf` is 1; the kernels read the step count from `count`
+  /// (already advanced; steps() is not). Every parameter with a gradient must take the fused kernels
+  /// (fp32 CUDA tensors): throws std::invalid_argument naming one that does not.
+  void step_on_device(const torch::Tensor& lr, const torch::Tensor& grad_scale, const torch::Tensor& found_inf,
+                      const torch::Tensor& count);
+  /// Counts an update made by step_on_device.
+  void count_step() { ++steps_; }
   /// Drops every gradient (set to undefined, as PyTorch's set_to_none): the next backward writes them
   /// instead of adding to zeros, and no pass zeroes them.
   void zero_grad();

@@ -96,6 +96,12 @@ class StopSignals {
   struct sigaction previous_term_ {}, previous_usr1_ {};
 };
 
+}  // namespace
+
+bool Trainer::stop_requested() { return g_stop_signal != 0; }
+
+namespace {
+
 double all_reduce_sum(parallel::Communicator& comm, double x) {
   auto t = torch::tensor({x}, torch::kFloat64);
   comm.all_reduce(t, parallel::ReduceOp::kSum);
@@ -191,6 +197,11 @@ Trainer::Trainer(const core::Config& config, parallel::RunWorld world)
     core::log_info("placement: ", config_.parallel.placement, " (", placements_.size(), " MoE layers)");
   }
   build_model();
+  // train.cuda_graph: the run's work on a stream of its own, where steps are captured and replayed.
+  const auto why_eager = cuda_graph_unsupported();
+  graph_enabled_ = why_eager.empty();
+  if (graph_enabled_) own_stream_ = std::make_unique<runtime::OwnStream>(device_);
+  else if (config_.train.cuda_graph != core::CudaGraphMode::kOff && device_.is_cuda() && world_->rank() == 0) core::log_info("train.cuda_graph: steps run eagerly (", why_eager, ")");
   checkpoints_ = std::make_unique<CheckpointManager>((fs::path(config_.train.run_dir) / "checkpoints").string(),
                                                      config_.train.keep_checkpoints, groups_);
   state_.data_seed = seed;
@@ -268,18 +279,21 @@ std::vector<int64_t> Trainer::local_expert_ids(size_t moe_layer) const {
   return placements_.at(moe_layer).experts_of(groups_->ep_rank);
 }
 
-double Trainer::global_grad_norm() {
-  // Dense gradients are identical on every rank after sync; experts are split over the EP group.
-  // Squared norms accumulate on the device; one read at the end (not one sync per parameter).
+std::pair<torch::Tensor, torch::Tensor> Trainer::squared_grad_norms() {
+  // Squared norms accumulate on the device (not one sync per parameter).
   std::vector<torch::Tensor> dense_grads, expert_grads;
   for (const auto& item : model_->named_parameters()) {
     const auto& g = item.value().grad();
     if (!g.defined()) continue;
     (parallel::is_expert_parameter(item.key()) ? expert_grads : dense_grads).push_back(g);
   }
-  const double dense = squared_norm(dense_grads, device_).item<double>();
-  const double experts = all_reduce_sum(*groups_->ep, squared_norm(expert_grads, device_).item<double>());
-  return std::sqrt(dense + experts);
+  return {squared_norm(dense_grads, device_), squared_norm(expert_grads, device_)};
+}
+
+double Trainer::global_grad_norm() {
+  // Dense gradients are identical on every rank after sync; experts are split over the EP group.
+  const auto [dense, experts] = squared_grad_norms();
+  return std::sqrt(dense.item<double>() + all_reduce_sum(*groups_->ep, experts.item<double>()));
 }
 
 void Trainer::for_each_micro_batch(const data::BatchSampler& sampler, int64_t index, bool eval,
@@ -338,95 +352,20 @@ void Trainer::count_step_routing(int64_t step) {
   }
 }
 
-namespace {
-
-/// A step's sums over this rank's micro-batches (tensors: read once per step, not once per
-/// micro-batch and loss), then reduced over every rank into a StepResult.
-struct StepSums {
-  torch::Tensor lm, aux, dropped, routed;
-  std::map<std::string, torch::Tensor> losses;  ///< ordered alike on every rank
-  std::vector<torch::Tensor> loads;             ///< per MoE layer
-  /// Per MoE layer: dropped, routed, entropy sum, entropy count (fp64, on the device).
-  std::vector<torch::Tensor> layer_sums;
-  std::vector<std::pair<double, double>> capacities;  ///< per MoE layer: capacity, capacity_min
-
-  static void add(torch::Tensor& sum, const torch::Tensor& v) {
-    const auto v64 = v.detach().to(torch::kFloat64);
-    sum = sum.defined() ? sum + v64 : v64;
-  }
-  void add(const modules::LMOutput& out, const torch::Tensor& lm_loss) {
-    add(lm, lm_loss);
-    add(aux, out.aux_loss);
-    for (const auto& [name, v] : out.losses) add(losses[name], v);
-    for (size_t l = 0; l < out.layer_losses.size(); ++l) {
-      for (const auto& [name, v] : out.layer_losses[l]) add(losses[name + "_moe" + std::to_string(l)], v);
-    }
+void Trainer::forward_backward(const MicroBatch& mb, int64_t micro_steps, StepSums& sums) {
+  const auto out = model_->forward(mb.inputs, mb.counters, mb.segments);
+  auto lm = modules::TransformerLMImpl::lm_loss(out.logits, mb.targets);
+  if (core::fault_at("nan_at_step", state_.step + 1)) lm = lm * std::numeric_limits<double>::quiet_NaN();
+  ((lm + out.aux_loss) / static_cast<double>(micro_steps)).backward();
+  sums.add(out, lm);
+  if (config_.parallel.replan_every > 0) {
+    if (recent_routing_.size() < out.moe_stats.size()) recent_routing_.resize(out.moe_stats.size());
     for (size_t l = 0; l < out.moe_stats.size(); ++l) {
-      const auto& s = out.moe_stats[l];
-      if (loads.size() <= l) {
-        loads.push_back(torch::zeros_like(s.tokens_per_expert, torch::kFloat64));
-        layer_sums.push_back(torch::zeros({4}, s.tokens_per_expert.options().dtype(torch::kFloat64)));
-        capacities.emplace_back();
-      }
-      loads[l] += s.tokens_per_expert.to(torch::kFloat64);
-      add(dropped, s.dropped_slots);
-      add(routed, s.routed_slots);
-      // The counters may live on the host or the device (dropless routing counts on the host): all
-      // on the sums' device.
-      const auto& opts = layer_sums[l].options();
-      const auto zero = torch::zeros({}, opts);
-      const auto entropy = s.entropy.defined() ? s.entropy.detach().to(opts) : zero;
-      layer_sums[l] += torch::stack({s.dropped_slots.to(opts), s.routed_slots.to(opts), entropy,
-                                     s.entropy.defined() ? torch::ones({}, opts) : zero});
-      capacities[l] = {static_cast<double>(s.capacity), s.capacity_min};
+      recent_routing_[l].push_back(out.moe_stats[l].routed_experts(config_.model.moe.num_experts));
+      if (recent_routing_[l].size() > 256) recent_routing_[l].erase(recent_routing_[l].begin());  // bounded
     }
   }
-  /// One all-reduce for every scalar, one for the loads of every layer. Collective.
-  void reduce_into(Trainer::StepResult& r, parallel::Communicator& world, double micro_batches) const {
-    const auto zero = torch::zeros({}, torch::kFloat64);
-    // The stop flag rides along: every rank learns at the same step that one was signalled.
-    const auto stop = torch::full({}, g_stop_signal != 0 ? 1.0 : 0.0, torch::kFloat64);
-    std::vector<torch::Tensor> scalars = {lm, aux, dropped.defined() ? dropped : zero, routed.defined() ? routed : zero, stop};
-    for (const auto& [name, v] : losses) scalars.push_back(v);
-    for (auto& v : scalars) v = v.to(torch::kCPU).reshape({1});
-    auto packed = torch::cat(scalars);
-    world.all_reduce(packed, parallel::ReduceOp::kSum);
-    const auto values = std::vector<double>(packed.data_ptr<double>(), packed.data_ptr<double>() + packed.numel());
-    r.lm_loss = values[0] / micro_batches;
-    r.aux_loss = values[1] / micro_batches;
-    r.dropped = values[2];
-    r.routed = values[3];
-    r.stop_signal = values[4] > 0;
-    size_t i = 5;
-    for (const auto& [name, v] : losses) r.losses[name] = values[i++] / micro_batches;
-    if (loads.empty()) return;
-    // The loads and the per-layer sums of every layer in one all-reduce.
-    std::vector<int64_t> sizes;
-    std::vector<torch::Tensor> host;
-    for (size_t l = 0; l < loads.size(); ++l) {
-      host.push_back(loads[l].to(torch::kCPU));
-      host.push_back(layer_sums[l].to(torch::kCPU));
-      sizes.push_back(loads[l].numel());
-      sizes.push_back(4);
-    }
-    auto all = torch::cat(host);
-    world.all_reduce(all, parallel::ReduceOp::kSum);
-    const auto parts = all.split_with_sizes(sizes);
-    for (size_t l = 0; l < loads.size(); ++l) {
-      r.loads.push_back(parts[2 * l]);
-      const auto* v = parts[2 * l + 1].data_ptr<double>();
-      Trainer::StepResult::Layer layer;
-      layer.dropped = v[0];
-      layer.routed = v[1];
-      if (v[3] > 0) layer.entropy = v[2] / v[3];
-      layer.capacity = capacities[l].first;
-      layer.capacity_min = capacities[l].second;
-      r.layers.push_back(layer);
-    }
-  }
-};
-
-}  // namespace
+}
 
 Trainer::StepResult Trainer::compute_gradients() {
   const int64_t step = state_.step;
@@ -437,61 +376,61 @@ Trainer::StepResult Trainer::compute_gradients() {
                            config_.losses.load_balance_scope == core::BalanceScope::kGlobalBatch && micro_steps > 1;
   if (step_counts) count_step_routing(step);
   StepSums sums;
-  // One autocast region for the whole step: its cache keeps each weight's bf16 cast for every
-  // micro-batch (the backward runs on autograd's device thread, outside autocast).
-  runtime::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
-  for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) {
-    const auto out = model_->forward(mb.inputs, mb.counters, mb.segments);
-    auto lm = modules::TransformerLMImpl::lm_loss(out.logits, mb.targets);
-    if (core::fault_at("nan_at_step", step + 1)) lm = lm * std::numeric_limits<double>::quiet_NaN();
-    ((lm + out.aux_loss) / static_cast<double>(micro_steps)).backward();
-    sums.add(out, lm);
-    if (config_.parallel.replan_every > 0) {
-      if (recent_routing_.size() < out.moe_stats.size()) recent_routing_.resize(out.moe_stats.size());
-      for (size_t l = 0; l < out.moe_stats.size(); ++l) {
-        recent_routing_[l].push_back(out.moe_stats[l].routed_experts(config_.model.moe.num_experts));
-        if (recent_routing_[l].size() > 256) recent_routing_[l].erase(recent_routing_[l].begin());  // bounded
-      }
-    }
-  });
+  {
+    // One autocast region for the whole step: its cache keeps each weight's bf16 cast for every
+    // micro-batch (the backward runs on autograd's device thread, outside autocast).
+    runtime::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
+    for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) { forward_backward(mb, micro_steps, sums); });
+  }
   for (auto& layer : model_->moe_layers()) {
     if (layer.is_empty()) continue;
     if (step_counts) layer->set_step_counts({});
     layer->experts->drop_weight_casts();
   }
   StepResult r;
-  sums.reduce_into(r, *world_, static_cast<double>(world_->size() * micro_steps));
+  sums.reduce_into(r, *world_, static_cast<double>(world_->size() * micro_steps), stop_requested());
   parallel::sync_gradients(*model_, *groups_);
   r.grad_norm = global_grad_norm();
   return r;
 }
 
-void Trainer::apply_update(StepResult& r) {
+bool Trainer::count_step(StepResult& r) {
   const int64_t step = state_.step;
   state_.step = step + 1;
   state_.tokens_seen += config_.train.global_batch * config_.model.seq_len;
-  if (!std::isfinite(r.grad_norm) || !std::isfinite(r.lm_loss)) {
-    SY_CHECK_AS(DataError, config_.train.nan_policy == core::NanPolicy::kSkip, "step ", step + 1,
-                ": non-finite loss or gradient (train.nan_policy error)");
-    ++consecutive_skips_;
-    SY_CHECK_AS(DataError, consecutive_skips_ <= config_.train.max_consecutive_skips, "step ", step + 1, ": ",
-                consecutive_skips_, " steps in a row had a non-finite loss or gradient (train.max_consecutive_skips ",
-                config_.train.max_consecutive_skips, "): the run diverged; lower train.lr or resume from an earlier checkpoint");
-    r.skipped = true;
-    ++state_.skipped_steps;
+  if (std::isfinite(r.grad_norm) && std::isfinite(r.lm_loss)) {
+    consecutive_skips_ = 0;
+    return true;
+  }
+  SY_CHECK_AS(DataError, config_.train.nan_policy == core::NanPolicy::kSkip, "step ", step + 1,
+              ": non-finite loss or gradient (train.nan_policy error)");
+  ++consecutive_skips_;
+  SY_CHECK_AS(DataError, consecutive_skips_ <= config_.train.max_consecutive_skips, "step ", step + 1, ": ",
+              consecutive_skips_, " steps in a row had a non-finite loss or gradient (train.max_consecutive_skips ",
+              config_.train.max_consecutive_skips, "): the run diverged; lower train.lr or resume from an earlier checkpoint");
+  r.skipped = true;
+  ++state_.skipped_steps;
+  return false;
+}
+
+void Trainer::update_router_bias(const StepResult& r) {
+  // The aux-loss-free bias moves with the global loads (all ranks' tokens).
+  if (!core::router_traits(config_.model.moe.router.kind).bias_update) return;
+  size_t i = 0;
+  for (auto& layer : model_->moe_layers())
+    if (!layer.is_empty()) layer->router->update_bias(r.loads.at(i++));
+}
+
+void Trainer::apply_update(StepResult& r) {
+  const int64_t step = state_.step;
+  if (!count_step(r)) {
     optimizer_->zero_grad();
     return;
   }
-  consecutive_skips_ = 0;
   // Clipping folds into the update (the fused AdamW scales each gradient as it reads it).
   const bool clip = config_.train.grad_clip > 0 && r.grad_norm > config_.train.grad_clip;
   optimizer_->step(learning_rate(config_.train, step), clip ? config_.train.grad_clip / (r.grad_norm + 1e-6) : 1.0);
-  // The aux-loss-free bias moves with the global loads (all ranks' tokens).
-  if (core::router_traits(config_.model.moe.router.kind).bias_update) {
-    size_t i = 0;
-    for (auto& layer : model_->moe_layers())
-      if (!layer.is_empty()) layer->router->update_bias(r.loads.at(i++));
-  }
+  update_router_bias(r);
 }
 
 int64_t Trainer::eval_tokens() const {
@@ -651,8 +590,10 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   const auto run_start = window_start;
   int64_t window_steps = 0;
   const int64_t first_step = state_.step;
-  // --profile: after two warm-up steps, or as late as still leaves `profile.steps` steps.
-  const int64_t profile_from = std::max(first_step, std::min(first_step + 2, config_.train.steps - profile.steps));
+  // --profile: after two warm-up steps (four with train.cuda_graph: the capture and auto's timed
+  // replay come first), or as late as still leaves `profile.steps` steps.
+  const int64_t warm_up = graph_enabled_ ? 4 : 2;
+  const int64_t profile_from = std::max(first_step, std::min(first_step + warm_up, config_.train.steps - profile.steps));
   std::unique_ptr<runtime::KinetoTrace> trace;
   const StopSignals signals(config_.train.checkpoint_on_signal);
   for (int64_t step = state_.step; step < config_.train.steps; ++step) {
@@ -662,13 +603,10 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
     if (core::fault_at("exit_at_step", step + 1)) std::_Exit(3);
     if (core::fault_at("stop_at_step", step + 1)) std::raise(SIGSTOP);
     if (core::fault_at("usr1_at_step", step + 1)) std::raise(SIGUSR1);
-    // Router entropy costs a few kernels per layer: collected in the steps that are logged.
-    const bool logged = config_.train.log_every > 0 && ((step + 1) % config_.train.log_every == 0 || step + 1 == config_.train.steps);
-    for (auto& layer : model_->moe_layers()) {
-      if (!layer.is_empty()) layer->set_collect_statistics(logged);
-    }
-    auto r = compute_gradients();
-    apply_update(r);
+    // Router entropy costs a few kernels per layer: collected in the eager steps that are logged.
+    set_collect_statistics(config_.train.log_every > 0 &&
+                           ((step + 1) % config_.train.log_every == 0 || step + 1 == config_.train.steps));
+    auto r = step_once();
     if (trace && (step + 1 == profile_from + profile.steps || step + 1 == config_.train.steps)) {
       trace->save(profile.path);
       trace.reset();

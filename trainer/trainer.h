@@ -17,14 +17,16 @@
 #include "parallel/expert_parallel.h"
 #include "parallel/run_world.h"
 #include "placement/routing_trace.h"
+#include "runtime/cuda_graph.h"
 #include "trainer/checkpoint.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 #include "trainer/run_dir.h"
+#include "trainer/step_sums.h"
 
 namespace switchyard::trainer {
 
-/// `train --profile`: rank 0 records `steps` training steps (after two warm-up steps) as a Kineto
+/// `train --profile`: rank 0 records `steps` training steps (after two warm-up steps, four with a CUDA graph) as a Kineto
 /// trace at `path`; an empty path records nothing.
 struct ProfileRequest {
   std::string path;
@@ -51,25 +53,10 @@ class Trainer {
   /// Writes a trace file (rank 0; collective). Returns the token count.
   int64_t write_trace(const std::string& path, int64_t tokens);
 
-  // --- One optimizer step in two halves (train() runs both; the config-space tester compares the
+  // --- One optimizer step in two halves (step_once runs both; the config-space tester compares the
   // gradients in between with the single-process model's). ---
 
-  /// What one step computed, reduced over every rank.
-  struct StepResult {
-    double lm_loss = 0, aux_loss = 0, grad_norm = 0;  ///< means over the step's micro-batches
-    bool skipped = false;
-    std::map<std::string, double> losses;  ///< each routing loss, summed over layers and per layer
-    std::vector<torch::Tensor> loads;      ///< per MoE layer, [E + null] fp64 slots routed, all ranks
-    double dropped = 0, routed = 0;        ///< slots (MoEStats), all ranks and layers
-    /// Per MoE layer, all ranks and micro-batches.
-    struct Layer {
-      double dropped = 0, routed = 0;
-      double entropy = -1;                 ///< mean router entropy; < 0 where not collected
-      double capacity = -1, capacity_min = 0;  ///< MoEStats' (this rank's last micro-batch)
-    };
-    std::vector<Layer> layers;
-    bool stop_signal = false;              ///< some rank received SIGTERM or SIGUSR1 (train.checkpoint_on_signal)
-  };
+  using StepResult = trainer::StepResult;
   /// Forward and backward of this rank's micro-batches of the next step's global batch; gradients
   /// synchronized so they equal the single-process model's on the global batch; the global gradient
   /// norm. Collective.
@@ -77,6 +64,16 @@ class Trainer {
   /// The update, and the step counted done: NaN policy (throws past train.max_consecutive_skips
   /// skipped steps in a row), clipping, AdamW, the sigmoid_bias router's bias. Collective.
   void apply_update(StepResult& result);
+  /// One whole step (compute_gradients, then apply_update): replayed from a CUDA graph where
+  /// train.cuda_graph asks for one and the run allows it (see cuda_graph_unsupported), else eagerly.
+  /// auto: eager steps 1 and 2, the capture at step 3; the replay of step 4 is timed against step 2,
+  /// and the faster way runs the rest.
+  StepResult step_once();
+  /// Whether the last step_once was replayed from the CUDA graph.
+  bool last_step_graphed() const { return last_step_graphed_; }
+  /// Whether eager steps compute the statistics only a logged step needs (the router entropy; on by
+  /// default). A replayed step always computes them.
+  void set_collect_statistics(bool on) { collect_statistics_ = on; }
   /// Saves a checkpoint of the current state (collective); refuses non-finite parameters.
   void save_checkpoint();
   modules::TransformerLMImpl& model() { return *model_; }
@@ -111,6 +108,22 @@ class Trainer {
   /// before and after. Collective.
   std::pair<double, double> replan();
   double global_grad_norm();
+  /// Squared norms of the dense and of the expert gradients of this rank (0-dim fp64, on the device).
+  std::pair<torch::Tensor, torch::Tensor> squared_grad_norms();
+  /// One micro-batch's forward and backward (its loss scaled by 1 / `micro_steps`), summed into `sums`.
+  void forward_backward(const MicroBatch& mb, int64_t micro_steps, StepSums& sums);
+  /// The NaN policy and the step counters; false when the step is skipped (throws past
+  /// train.max_consecutive_skips).
+  bool count_step(StepResult& r);
+  /// The sigmoid_bias router's bias moves with the step's global loads.
+  void update_router_bias(const StepResult& r);
+  /// Why this run cannot replay its step from a CUDA graph, or "" when it can.
+  std::string cuda_graph_unsupported() const;
+  /// The step from the CUDA graph: captured at its first call, replayed at every call. Throws
+  /// runtime::CaptureError when the step cannot be captured.
+  StepResult graphed_step();
+  /// Whether this process was asked to stop (SIGTERM or SIGUSR1, train.checkpoint_on_signal).
+  static bool stop_requested();
   /// The run directory's lock (rank 0), where the run starts (resume policy, broadcast) and that
   /// checkpoint loaded; config.yaml written. Collective.
   std::unique_ptr<RunDirLock> start_run(const ResumeMode& resume);
@@ -133,6 +146,22 @@ class Trainer {
   std::vector<std::vector<torch::Tensor>> recent_routing_;   ///< per MoE layer, [T, slots] int32 since the last plan
   std::optional<std::pair<double, double>> pending_replan_;  ///< predicted bytes for the next metrics line
   int64_t consecutive_skips_ = 0;
+  /// train.cuda_graph: the captured step, its input buffers and its outputs.
+  struct StepGraph {
+    runtime::CudaGraph graph;
+    std::vector<MicroBatch> inputs;          ///< the step's micro-batches, copied in before each replay
+    torch::Tensor lr, count;                 ///< fp32 [] each: the step's learning rate, AdamW's step count
+    StepSums sums;                           ///< the captured step's statistics
+    torch::Tensor grad_norm;                 ///< fp64 []
+  };
+  std::unique_ptr<StepGraph> step_graph_;
+  std::unique_ptr<runtime::OwnStream> own_stream_;  ///< the stream of a graphed run's work
+  bool graph_enabled_ = false;
+  bool last_step_graphed_ = false;
+  int64_t eager_steps_ = 0;          ///< eager steps run by step_once in this process
+  int64_t graph_replays_ = 0;        ///< steps step_once replayed from the graph
+  double eager_step_s_ = 0;          ///< train.cuda_graph auto: the timed eager step's seconds
+  bool collect_statistics_ = true;   ///< whether eager steps compute the statistics only logs need
   modules::TransformerLM model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<CheckpointManager> checkpoints_;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "runtime/autocast.h"
+#include "runtime/cuda_graph.h"
 #include "modules/moe_layer.h"
 #include "modules/router.h"
 #include "modules/transformer.h"
@@ -109,6 +110,43 @@ TEST_F(GpuModules, AutocastGroupedExpertsAccumulateGradientsInPlace) {
       ASSERT_TRUE(g.defined()) << params[i].key();
       EXPECT_EQ(g.scalar_type(), torch::kFloat32) << params[i].key();
       EXPECT_LT(rel_l2(g, 2 * ref_grads[i]), 2e-2) << params[i].key() << (reset ? " from undefined" : " from zeros");
+    }
+  }
+}
+
+TEST_F(GpuModules, LayerCapturedInACudaGraphGivesEachReplaysGradients) {
+  // The training step's CUDA graph (train.cuda_graph): a captured forward and backward takes the
+  // experts' grouped weight gradients (no host counts). Replayed with new values in its input buffer,
+  // it must give that input's CPU gradients: the graph reads the buffer, not the values at capture.
+  torch::manual_seed(9);
+  auto layer = small_layer(core::RouterKind::kTopK, /*shared_experts=*/1);
+  const std::vector<torch::Tensor> xs = {bf16_values({512, 64}), bf16_values({512, 64})};
+  const auto probe = bf16_values({512, 64});
+  std::vector<std::vector<torch::Tensor>> refs;
+  for (const auto& x_cpu : xs) {
+    layer->zero_grad();
+    (layer->forward(x_cpu).y * probe).sum().backward();
+    refs.emplace_back();
+    for (const auto& p : layer->parameters()) refs.back().push_back(p.grad().clone());
+  }
+  layer->to(torch::kCUDA);
+  runtime::OwnStream stream(torch::Device(torch::kCUDA, 0));
+  const auto x = xs[0].to(torch::kCUDA), probe_cuda = probe.to(torch::kCUDA);
+  const auto step = [&] {
+    runtime::Bf16Autocast autocast(true);
+    (layer->forward(x).y * probe_cuda).sum().backward();
+  };
+  for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
+  step();  // eager warm-up on the capture stream
+  for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
+  runtime::CudaGraph graph;
+  ASSERT_NO_THROW(graph.capture(step));
+  for (size_t i = 0; i < xs.size(); ++i) {
+    x.copy_(xs[i]);
+    graph.replay();
+    const auto params = layer->named_parameters();
+    for (size_t j = 0; j < params.size(); ++j) {
+      EXPECT_LT(rel_l2(params[j].value().grad(), refs[i][j]), 2e-2) << "replay " << i << " " << params[j].key();
     }
   }
 }

@@ -2,6 +2,7 @@
 // and the issues (global-batch balance under gradient accumulation, rank-invariant random routing,
 // routing traces of dynamic-k routers, the odd-k exchange with one received row).
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include <filesystem>
 #include <functional>
@@ -201,6 +202,51 @@ TEST(TrainerRuns, RecomputationGivesTheGradientsOfTheFullGraph) {
     for (const auto& [name, g] : grads) {
       EXPECT_LT(rel_l2(g, reference.at(name)), 1e-6) << core::enum_name(kind) << " " << name;
     }
+  }
+}
+
+TEST(TrainerRuns, ReplayedCudaGraphStepsTrainAsEagerSteps) {
+  // train.cuda_graph: from the second step on, each step is one captured CUDA graph replayed, its
+  // micro-batches, learning rate and AdamW step count refreshed before each replay. Losses, gradient
+  // norms (clipping active) and parameters must follow the eager run's. Not bitwise: in the graph the
+  // experts' weight gradients are grouped GEMMs, eagerly per-expert GEMMs (bf16 rounding apart).
+  if (!torch::cuda::is_available() || world()->size() > 1) GTEST_SKIP() << "one rank on a CUDA device";
+  auto c = tiny_config();
+  c.model.d_model = 64;
+  c.model.n_heads = 4;
+  c.model.dense_ffn_hidden = 64;
+  c.model.moe.ffn_hidden = 32;
+  c.model.seq_len = 32;
+  c.losses.load_balance = 0.01;
+  c.losses.z_loss = 0.001;
+  c.train.device = core::DeviceKind::kCuda;
+  c.train.precision = core::Precision::kBf16;
+  c.train.micro_batch = 2;  // two micro-batches a step
+  c.train.warmup_steps = 3;
+  c.train.grad_clip = 0.5;
+  constexpr int kSteps = 6;
+  std::vector<StepResult> results[2];
+  std::map<std::string, torch::Tensor> params[2];
+  for (const bool graph : {false, true}) {
+    c.train.cuda_graph = graph ? core::CudaGraphMode::kOn : core::CudaGraphMode::kOff;
+    c.train.run_dir = run_dir(graph ? "graph" : "eager");
+    Trainer t(c, {world(), torch::Device(torch::kCUDA, 0)});
+    for (int s = 0; s < kSteps; ++s) {
+      results[graph].push_back(t.step_once());
+      EXPECT_EQ(t.last_step_graphed(), graph && s > 0) << "step " << s + 1;
+    }
+    for (const auto& p : t.model().named_parameters()) params[graph][p.key()] = p.value().detach().cpu();
+  }
+  for (int s = 0; s < kSteps; ++s) {
+    const auto &e = results[0][s], &g = results[1][s];
+    EXPECT_FALSE(g.skipped);
+    EXPECT_NEAR(g.lm_loss, e.lm_loss, 1e-2 * e.lm_loss) << "step " << s + 1;
+    EXPECT_NEAR(g.grad_norm, e.grad_norm, 3e-2 * e.grad_norm) << "step " << s + 1;
+    EXPECT_GT(e.grad_norm, c.train.grad_clip) << "step " << s + 1 << ": clipping should be active";
+    ASSERT_EQ(g.losses.size(), e.losses.size());
+  }
+  for (const auto& [name, p] : params[0]) {
+    EXPECT_LT(rel_l2(params[1].at(name), p), 1e-2) << name;
   }
 }
 

@@ -79,6 +79,37 @@ TEST(AdamW, CudaStepMatchesTheCpuLoop) {
   EXPECT_FALSE(torch::allclose(w, w0));  // it moved
 }
 
+TEST(AdamW, DeviceStepEqualsTheHostStep) {
+  // step_on_device (the update inside the step's CUDA graph) reads the learning rate, the clipping
+  // divisor and the skip flag from device tensors: it equals step(lr, multiplier), and found_inf = 1
+  // leaves parameters and moments as they were.
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(2);
+  const auto w0 = torch::randn({32, 16}).cuda(), b0 = torch::randn({16}).cuda();
+  auto w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+  auto wd = w0.clone().requires_grad_(), bd = b0.clone().requires_grad_();
+  AdamW host({{"w", w}, {"b", b}}, adamw_config()), device({{"w", wd}, {"b", bd}}, adamw_config());
+  const auto opts = torch::dtype(torch::kFloat32).device(torch::kCUDA);
+  const auto lr = torch::full({}, 0.01, opts), count = torch::zeros({}, opts);
+  for (int step = 0; step < 3; ++step) {
+    const auto gw = torch::randn({32, 16}).cuda(), gb = torch::randn({16}).cuda();
+    w.mutable_grad() = gw.clone();
+    b.mutable_grad() = gb.clone();
+    wd.mutable_grad() = gw.clone();
+    bd.mutable_grad() = gb.clone();
+    host.step(0.01, 0.25);
+    count.fill_(static_cast<double>(device.steps() + 1));
+    device.step_on_device(lr, torch::full({}, 4.0, opts), torch::zeros({}, opts), count);
+    device.count_step();
+    EXPECT_TRUE(torch::allclose(w, wd, 1e-6, 1e-7)) << "step " << step;
+    EXPECT_TRUE(torch::allclose(b, bd, 1e-6, 1e-7)) << "step " << step;
+  }
+  const auto before = wd.detach().clone(), moment = device.state("w").exp_avg.clone();
+  device.step_on_device(lr, torch::ones({}, opts), torch::ones({}, opts), count);
+  EXPECT_TRUE(torch::equal(wd, before)) << "found_inf 1 must skip the update";
+  EXPECT_TRUE(torch::equal(device.state("w").exp_avg, moment));
+}
+
 TEST(AdamW, GradMultiplierEqualsScaledGradients) {
   // Clipping folds into the update: step(lr, m) on g equals step(lr) on m g (CPU loop, and the fused
   // kernels' grad_scale on CUDA).
