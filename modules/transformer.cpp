@@ -62,7 +62,22 @@ AttentionImpl::AttentionImpl(const core::ModelConfig& config)
   sin_ = register_buffer("rope_sin", angles.sin().to(torch::kFloat32));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& segments) {
+PackedDocuments PackedDocuments::from_segments(const torch::Tensor& segments, const torch::Device& device) {
+  PackedDocuments docs;
+  if (!segments.defined()) return docs;
+  const auto seg = segments.to(device);
+  const int64_t batch = seg.size(0), seq = seg.size(1);
+  const auto index = torch::arange(seq, seg.options()).unsqueeze(0).expand({batch, seq});
+  // A document's first index is the largest index whose segment changed at or before each token.
+  const auto starts = torch::where(seg.ne(torch::cat({seg.narrow(1, 0, 1) - 1, seg.narrow(1, 0, seq - 1)}, 1)), index,
+                                   torch::zeros_like(index)).cummax(1);
+  docs.positions = index - std::get<0>(starts);
+  const auto causal = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(device)).tril();
+  docs.mask = (seg.unsqueeze(2) == seg.unsqueeze(1)).logical_and(causal).unsqueeze(1);
+  return docs;
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const PackedDocuments& docs) {
   const int64_t batch = x.size(0), seq = x.size(1);
   SY_CHECK(seq <= cos_.size(0), "attention: sequence of ", seq, " tokens exceeds model.seq_len ", cos_.size(0));
   // [B, S, (H + 2G) hd] -> q [B, H, S, hd], k and v [B, G, S, hd] (G = H without grouped-query attention).
@@ -83,20 +98,12 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     q = q_norm->forward(q);
     k = k_norm->forward(k);
   }
-  // RoPE, half-split convention: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos). Packed documents
-  // (segments): each token at its position inside its document, attending inside it only.
-  torch::Tensor mask;  // [B, 1, S, S] bool, true where attention is allowed
-  if (segments.defined()) {
-    const auto seg = segments.to(x.device());
-    const auto index = torch::arange(seq, seg.options()).unsqueeze(0).expand({batch, seq});
-    // A document's first index is the largest index whose segment changed at or before each token.
-    const auto starts = torch::where(seg.ne(torch::cat({seg.narrow(1, 0, 1) - 1, seg.narrow(1, 0, seq - 1)}, 1)), index,
-                                     torch::zeros_like(index)).cummax(1);
-    const auto positions = index - std::get<0>(starts);
-    q = kernels::rope_at(q, cos_, sin_, positions);
-    k = kernels::rope_at(k, cos_, sin_, positions);
-    const auto causal = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).tril();
-    mask = (seg.unsqueeze(2) == seg.unsqueeze(1)).logical_and(causal).unsqueeze(1);
+  // RoPE, half-split convention: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos). Packed documents:
+  // each token at its position inside its document, attending inside it only.
+  const auto& mask = docs.mask;  // [B, 1, S, S] bool, true where attention is allowed
+  if (docs.positions.defined()) {
+    q = kernels::rope_at(q, cos_, sin_, docs.positions);
+    k = kernels::rope_at(k, cos_, sin_, docs.positions);
   } else {
     q = kernels::rope(q, cos_, sin_);
     k = kernels::rope(k, cos_, sin_);
@@ -165,9 +172,9 @@ void TransformerLMImpl::set_recompute(core::RecomputeKind kind) {
 TransformerLMImpl::BlockOutput TransformerLMImpl::block_forward(size_t l, const torch::Tensor& h_in,
                                                                 const torch::Tensor& tokens,
                                                                 const torch::Tensor& token_counters,
-                                                                const torch::Tensor& segments) {
+                                                                const PackedDocuments& docs) {
   BlockOutput out;
-  auto h = h_in + attentions_[l]->forward(norms1_[l]->forward(h_in), segments);
+  auto h = h_in + attentions_[l]->forward(norms1_[l]->forward(h_in), docs);
   const auto normed = norms2_[l]->forward(h);
   if (moe_layers_[l]) {
     auto moe = moe_layers_[l]->forward(normed, {tokens, token_counters});
@@ -185,6 +192,7 @@ LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Te
   SY_CHECK(tokens.dim() == 2, "transformer: expected tokens [B, S], got ", tokens.sizes());
   LMOutput out;
   auto h = embedding->forward(tokens);
+  const auto docs = PackedDocuments::from_segments(segments, h.device());
   out.aux_loss = torch::zeros({}, h.options().dtype(torch::kFloat32));
   for (size_t l = 0; l < attentions_.size(); ++l) {
     BlockOutput block;
@@ -198,8 +206,8 @@ LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Te
       };
       auto first = std::make_shared<FirstRun>();
       const auto outputs = recompute_in_backward(
-          [this, l, tokens, token_counters, segments, first](const torch::Tensor& in) {
-            auto run = block_forward(l, in, tokens, token_counters, segments);
+          [this, l, tokens, token_counters, docs, first](const torch::Tensor& in) {
+            auto run = block_forward(l, in, tokens, token_counters, docs);
             torch::autograd::variable_list result = {run.h};
             for (const auto& [name, value] : run.losses) result.push_back(value);
             if (!first->ran) {
@@ -214,7 +222,7 @@ LMOutput TransformerLMImpl::forward(const torch::Tensor& tokens, const torch::Te
       block.stats = std::move(first->stats);
       for (size_t i = 0; i < first->names.size(); ++i) block.losses[first->names[i]] = outputs[i + 1];
     } else {
-      block = block_forward(l, h, tokens, token_counters, segments);
+      block = block_forward(l, h, tokens, token_counters, docs);
     }
     h = block.h;
     if (moe_layers_[l]) {

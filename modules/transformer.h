@@ -28,13 +28,23 @@ class RMSNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RMSNorm);
 
+/// Documents packed in the sequences of a micro-batch (data.reset_at_eod), as attention uses them:
+/// each token's RoPE position counted from its document's first token, and the keys it may attend
+/// (earlier tokens of its document). Computed once per micro-batch, used by every layer.
+struct PackedDocuments {
+  torch::Tensor positions;  ///< [B, S] int64; undefined: one document per sequence
+  torch::Tensor mask;       ///< [B, 1, S, S] bool, true where attention is allowed
+  /// From `segments` [B, S] int64 (each token's document within its sequence, non-decreasing; see
+  /// document_segments) on `device`; undefined segments give the empty (one-document) layout.
+  static PackedDocuments from_segments(const torch::Tensor& segments, const torch::Device& device);
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const core::ModelConfig& config);
-  /// x [B, S, d] -> [B, S, d], causal. `segments` [B, S] int64 (optional): each token's document
-  /// within its sequence, non-decreasing; a token then attends only inside its document and its RoPE
-  /// position counts from the document's first token.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& segments = {});
+  /// x [B, S, d] -> [B, S, d], causal; with `docs` a token attends only inside its document and its
+  /// RoPE position counts from the document's first token.
+  torch::Tensor forward(const torch::Tensor& x, const PackedDocuments& docs = {});
   torch::nn::Linear qkv{nullptr}, out{nullptr};  ///< qkv: d -> (n_heads + 2 n_kv_heads) * head_dim; out: back to d
   RMSNorm q_norm{nullptr}, k_norm{nullptr};      ///< model.qk_norm head: [head_dim]; full: [heads * head_dim]
 
@@ -82,7 +92,7 @@ class TransformerLMImpl : public torch::nn::Module {
     std::optional<MoEStats> stats;
   };
   BlockOutput block_forward(size_t l, const torch::Tensor& h, const torch::Tensor& tokens,
-                            const torch::Tensor& token_counters, const torch::Tensor& segments);
+                            const torch::Tensor& token_counters, const PackedDocuments& docs);
   core::RecomputeKind recompute_ = core::RecomputeKind::kNone;
 
   core::ModelConfig config_;
