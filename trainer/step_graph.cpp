@@ -26,6 +26,7 @@ std::string Trainer::cuda_graph_unsupported() const {
     return "losses.load_balance_scope global_batch routes the whole step on the host first";
   }
   if (config_.parallel.replan_every > 0) return "parallel.replan_every records routing on the host";
+  if (config_.parallel.overlap_chunks > 1) return "parallel.overlap_chunks runs exchanges on a second stream";
   return "";
 }
 
