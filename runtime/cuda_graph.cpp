@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/build_info.h"
+
 #if SWITCHYARD_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>

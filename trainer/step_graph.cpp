@@ -4,7 +4,10 @@
 // the host's launches, not by the card).
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <chrono>
+#include <numeric>
+#include <vector>
 
 #include "core/fault_injection.h"
 #include "core/logging.h"
@@ -33,12 +36,13 @@ std::string Trainer::cuda_graph_unsupported() const {
 Trainer::StepResult Trainer::step_once() {
   last_step_graphed_ = false;
   const bool automatic = config_.train.cuda_graph == core::CudaGraphMode::kAuto;
-  // Eager steps first (lazy initialization: optimizer states, library handles, kernel choices; auto
-  // times the second). A step with an injected fault is never captured or replayed (it would be
-  // baked in).
+  // Eager steps first (lazy initialization: optimizer states, library handles, kernel choices). auto
+  // times eager steps 3 and 4, captures step 5 and times the replays of steps 6 and 7 (steady state
+  // on both sides: the first steps of a run are slower). A step with an injected fault is never
+  // captured or replayed (it would be baked in).
   const bool fault = core::fault_at("nan_at_step", state_.step + 1);
-  const bool graph = graph_enabled_ && eager_steps_ >= (automatic ? 2 : 1) && !fault;
-  const bool timed = graph_enabled_ && automatic && !fault && (graph ? graph_replays_ == 1 : eager_steps_ == 1);
+  const bool graph = graph_enabled_ && eager_steps_ >= (automatic ? 4 : 1) && !fault;
+  const bool timed = graph_enabled_ && automatic && !graph_decided_ && !fault && (graph ? graph_replays_ >= 1 : eager_steps_ >= 2);
   const auto wait_for_device = [&] { torch::cuda::synchronize(device_.index()); };
   if (timed) wait_for_device();
   const auto start = std::chrono::steady_clock::now();
@@ -66,17 +70,19 @@ Trainer::StepResult Trainer::step_once() {
   if (timed) {
     wait_for_device();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!last_step_graphed_) {
-      eager_step_s_ = seconds;
-    } else if (seconds >= eager_step_s_) {
-      core::log_info("train.cuda_graph auto: a replayed step took ", seconds * 1e3, " ms, an eager one ", eager_step_s_ * 1e3,
-                     " ms; steps run eagerly");
-      graph_enabled_ = false;
-      step_graph_.reset();
-      optimizer_->zero_grad();
-    } else {
-      core::log_info("train.cuda_graph auto: a replayed step took ", seconds * 1e3, " ms, an eager one ", eager_step_s_ * 1e3,
-                     " ms; steps replay the graph");
+    (last_step_graphed_ ? replay_step_s_ : eager_step_s_).push_back(seconds);
+    if (replay_step_s_.size() == 2) {
+      graph_decided_ = true;
+      const auto mean = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / std::max<size_t>(1, v.size()); };
+      const double replay = mean(replay_step_s_), eager = mean(eager_step_s_);
+      const bool keep = eager_step_s_.empty() || replay < eager;
+      core::log_info("train.cuda_graph auto: a replayed step took ", replay * 1e3, " ms, an eager one ", eager * 1e3, " ms; ",
+                     keep ? "steps replay the graph" : "steps run eagerly");
+      if (!keep) {
+        graph_enabled_ = false;
+        step_graph_.reset();
+        optimizer_->zero_grad();
+      }
     }
   }
   return r;

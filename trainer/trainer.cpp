@@ -590,9 +590,9 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   const auto run_start = window_start;
   int64_t window_steps = 0;
   const int64_t first_step = state_.step;
-  // --profile: after two warm-up steps (four with train.cuda_graph: the capture and auto's timed
-  // replay come first), or as late as still leaves `profile.steps` steps.
-  const int64_t warm_up = graph_enabled_ ? 4 : 2;
+  // --profile: after two warm-up steps (seven with train.cuda_graph auto, which times eager steps and
+  // replays first; two with on), or as late as still leaves `profile.steps` steps.
+  const int64_t warm_up = graph_enabled_ && config_.train.cuda_graph == core::CudaGraphMode::kAuto ? 7 : 2;
   const int64_t profile_from = std::max(first_step, std::min(first_step + warm_up, config_.train.steps - profile.steps));
   std::unique_ptr<runtime::KinetoTrace> trace;
   const StopSignals signals(config_.train.checkpoint_on_signal);

@@ -66,8 +66,8 @@ class Trainer {
   void apply_update(StepResult& result);
   /// One whole step (compute_gradients, then apply_update): replayed from a CUDA graph where
   /// train.cuda_graph asks for one and the run allows it (see cuda_graph_unsupported), else eagerly.
-  /// auto: eager steps 1 and 2, the capture at step 3; the replay of step 4 is timed against step 2,
-  /// and the faster way runs the rest.
+  /// auto: eager steps 1-4 (3 and 4 timed), the capture at step 5, replays 6 and 7 timed; the faster
+  /// way runs the rest.
   StepResult step_once();
   /// Whether the last step_once was replayed from the CUDA graph.
   bool last_step_graphed() const { return last_step_graphed_; }
@@ -160,7 +160,9 @@ class Trainer {
   bool last_step_graphed_ = false;
   int64_t eager_steps_ = 0;          ///< eager steps run by step_once in this process
   int64_t graph_replays_ = 0;        ///< steps step_once replayed from the graph
-  double eager_step_s_ = 0;          ///< train.cuda_graph auto: the timed eager step's seconds
+  /// train.cuda_graph auto: seconds of the timed eager steps and replays, and whether it chose.
+  std::vector<double> eager_step_s_, replay_step_s_;
+  bool graph_decided_ = false;
   bool collect_statistics_ = true;   ///< whether eager steps compute the statistics only logs need
   modules::TransformerLM model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
