@@ -366,8 +366,8 @@ struct TrainConfig {
     v.field("deterministic", deterministic, "bitwise reproducible GPU runs: PyTorch's deterministic algorithms "
                                             "(slower; an op without one stops the run naming it)");
     v.field("cuda_graph", cuda_graph, "replay each training step from one CUDA graph (one launch instead of thousands: "
-                                      "for steps bound by the host's launches). auto: the second eager step and the "
-                                      "first replay are timed and the faster kept; on; off. Needs CUDA, one rank, bf16 "
+                                      "for steps bound by the host's launches). auto: eager steps 3-4 and replays 6-7 "
+                                      "are timed and the faster kept; on; off. Needs CUDA, one rank, bf16 "
                                       "and dropless routing: elsewhere steps run eagerly and the log says why");
     v.field("run_dir", run_dir, "run directory: config.yaml, metrics.jsonl, checkpoints/");
     v.field("nan_policy", nan_policy, "on NaN/Inf loss or gradients: skip the step, or error");
