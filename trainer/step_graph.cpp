@@ -11,7 +11,6 @@
 
 #include "core/fault_injection.h"
 #include "core/logging.h"
-#include "core/router_traits.h"
 #include "runtime/autocast.h"
 #include "trainer/trainer.h"
 
