@@ -89,28 +89,26 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
     const auto& w16 = saved[1];
     const auto& offs = saved[2];
     const auto dy = grads[0].to(torch::kBFloat16).contiguous();
-    const variable_list none_else = {torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
-    auto w = ctx->saved_data["weight"].toTensor();
-    auto& grad = w.mutable_grad();
-    if (!ctx->saved_data.count("counts")) {  // captured in a CUDA graph: grouped GEMMs, no host counts
-      variable_list out = {ctx->needs_input_grad(0) ? at::_grouped_mm(dy, w16.transpose(-2, -1), offs) : torch::Tensor()};
-      out.insert(out.end(), none_else.begin(), none_else.end());
-      if (!ctx->needs_input_grad(1)) return out;
-      const auto dw = at::_grouped_mm(x.transpose(-2, -1), dy, offs);  // [E, d_in, d_out], bf16
-      if (grad.defined()) grad.add_(dw);
-      else grad = dw.to(w.scalar_type());
-      return out;
-    }
-    const auto counts = c10::static_intrusive_pointer_cast<HostCounts>(ctx->saved_data["counts"].toCapsule())->get();
+    // Without host counts (captured in a CUDA graph) both gradients are grouped GEMMs.
+    const bool host_counts = ctx->saved_data.count("counts") > 0;
+    const auto counts = host_counts
+                            ? c10::static_intrusive_pointer_cast<HostCounts>(ctx->saved_data["counts"].toCapsule())->get()
+                            : std::vector<int64_t>();
     torch::Tensor dx;
     if (ctx->needs_input_grad(0)) {
-      const bool per_expert = x.size(0) >= kPerExpertInputGradRows * w16.size(0);
+      const bool per_expert = host_counts && x.size(0) >= kPerExpertInputGradRows * w16.size(0);
       dx = per_expert ? kernels::raw::expert_input_grad(dy, w16, counts) : at::_grouped_mm(dy, w16.transpose(-2, -1), offs);
     }
     if (!ctx->needs_input_grad(1)) return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    auto w = ctx->saved_data["weight"].toTensor();
+    auto& grad = w.mutable_grad();
     const bool usable = grad.defined() && grad.is_contiguous() && grad.sizes() == w.sizes() &&
                         (grad.scalar_type() == torch::kBFloat16 || grad.scalar_type() == torch::kFloat32);
-    if (usable) {
+    if (!host_counts) {
+      const auto dw = at::_grouped_mm(x.transpose(-2, -1), dy, offs);  // [E, d_in, d_out], bf16
+      if (grad.defined()) grad.add_(dw);
+      else grad = dw.to(w.scalar_type());
+    } else if (usable) {
       kernels::raw::expert_weight_grad(x, dy, counts, grad, /*accumulate=*/true);
     } else {
       auto fresh = torch::empty(w.sizes(), w.options());

@@ -23,8 +23,20 @@ bool cuda_capturing() {
   return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
 }
 
+namespace {
+
+/// A pool stream of device `index`, once the device has finished the work queued before.
+c10::cuda::CUDAStream pool_stream_after_sync(c10::DeviceIndex index) {
+  c10::cuda::device_synchronize();
+  return c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index);
+}
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+}  // namespace
+
 struct OwnStream::Impl {
-  explicit Impl(c10::DeviceIndex index) : guard((c10::cuda::device_synchronize(), c10::cuda::getStreamFromPool(false, index))) {}
+  explicit Impl(c10::DeviceIndex index) : guard(pool_stream_after_sync(index)) {}
   ~Impl() { c10::cuda::device_synchronize(); }
   c10::cuda::CUDAStreamGuard guard;
 };
@@ -38,12 +50,6 @@ struct CudaGraph::Impl {
 };
 
 CudaGraph::CudaGraph() : impl_(std::make_unique<Impl>()) {}
-
-namespace {
-
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
-
-}  // namespace
 
 void CudaGraph::capture(const std::function<void()>& fn) {
   const auto device = c10::cuda::current_device();

@@ -93,7 +93,7 @@ void AdamW::step(double lr, double grad_multiplier) {
   for (auto& [name, p] : params_) {
     if (!p.grad().defined()) continue;
     auto& s = state(name);
-    const bool decay = config_.weight_decay > 0 && p.dim() > 1;
+    const bool decay = decays(p);
     if (fusable(p, s)) {
       fused[decay].add(p, s);
       continue;
@@ -119,7 +119,7 @@ void AdamW::step_on_device(const torch::Tensor& lr, const torch::Tensor& grad_sc
     if (!p.grad().defined()) continue;
     auto& s = state(name);
     if (!fusable(p, s)) throw std::invalid_argument("AdamW: parameter " + name + " cannot take the fused update on the device");
-    fused[config_.weight_decay > 0 && p.dim() > 1].add(p, s);
+    fused[decays(p)].add(p, s);
   }
   for (int decay = 0; decay < 2; ++decay) {
     fused[decay].step(lr, config_.beta1, config_.beta2, decay ? config_.weight_decay : 0.0, config_.adam_eps, count,

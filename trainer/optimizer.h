@@ -41,6 +41,8 @@ class AdamW {
   void zero_grad();
 
   int64_t steps() const { return steps_; }
+  /// Whether `p` takes weight decay: matrices only, and only with train.weight_decay > 0.
+  bool decays(const torch::Tensor& p) const { return config_.weight_decay > 0 && p.dim() > 1; }
   void set_steps(int64_t steps) { steps_ = steps; }
   /// State per parameter name (created lazily as zeros).
   State& state(const std::string& name);

@@ -53,9 +53,7 @@ Trainer::StepResult Trainer::step_once() {
       ++graph_replays_;
     } catch (const runtime::CaptureError& e) {
       core::log_warn("train.cuda_graph: the step could not be captured (", e.what(), "); every step runs eagerly");
-      graph_enabled_ = false;
-      step_graph_.reset();
-      optimizer_->zero_grad();
+      leave_graph();
     }
   }
   if (!last_step_graphed_) {
@@ -77,14 +75,16 @@ Trainer::StepResult Trainer::step_once() {
       const bool keep = eager_step_s_.empty() || replay < eager;
       core::log_info("train.cuda_graph auto: a replayed step took ", replay * 1e3, " ms, an eager one ", eager * 1e3, " ms; ",
                      keep ? "steps replay the graph" : "steps run eagerly");
-      if (!keep) {
-        graph_enabled_ = false;
-        step_graph_.reset();
-        optimizer_->zero_grad();
-      }
+      if (!keep) leave_graph();
     }
   }
   return r;
+}
+
+void Trainer::leave_graph() {
+  graph_enabled_ = false;
+  step_graph_.reset();
+  optimizer_->zero_grad();  // the gradients in the graph's pool
 }
 
 Trainer::StepResult Trainer::graphed_step() {

@@ -122,6 +122,8 @@ class Trainer {
   /// The step from the CUDA graph: captured at its first call, replayed at every call. Throws
   /// runtime::CaptureError when the step cannot be captured.
   StepResult graphed_step();
+  /// Every later step runs eagerly: the graph and its pool (the gradients in it too) are dropped.
+  void leave_graph();
   /// Whether this process was asked to stop (SIGTERM or SIGUSR1, train.checkpoint_on_signal).
   static bool stop_requested();
   /// The run directory's lock (rank 0), where the run starts (resume policy, broadcast) and that
