@@ -366,7 +366,7 @@ struct TrainConfig {
     v.field("deterministic", deterministic, "bitwise reproducible GPU runs: PyTorch's deterministic algorithms "
                                             "(slower; an op without one stops the run naming it)");
     v.field("cuda_graph", cuda_graph, "replay each training step from one CUDA graph (one launch instead of thousands: "
-                                      "for steps bound by the host's launches). auto: eager steps 3-4 and replays 6-7 "
+                                      "for steps bound by the host's launches). auto: eager steps 6-7 and replays 9-10 "
                                       "are timed and the faster kept; on; off. Needs CUDA, one rank, bf16 "
                                       "and dropless routing: elsewhere steps run eagerly and the log says why");
     v.field("run_dir", run_dir, "run directory: config.yaml, metrics.jsonl, checkpoints/");

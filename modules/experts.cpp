@@ -70,16 +70,19 @@ constexpr int64_t kPerExpertInputGradRows = 2048;
 /// beta = 1 (no separate gradient add; Megatron's gradient-accumulation fusion), and gives autograd
 /// no weight gradient to accumulate. The input gradient is one cuBLAS GEMM per expert when experts
 /// average 2,048 rows or more (measured faster than the grouped kernel there), else a grouped GEMM.
-/// Without host counts (the step captured in a CUDA graph) both gradients are grouped GEMMs and the
-/// weight gradient is added to w.grad.
+/// Without host counts (the step captured in a CUDA graph) both gradients are grouped GEMMs; the
+/// weight gradient (bf16) waits in `pending` while w.grad is undefined, and the next one is summed
+/// with it into w.grad in fp32 (PendingWeightGrad).
 class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
  public:
   /// w16: w as bf16 (the experts' cast, shared by the micro-batches of a step).
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
                                const torch::Tensor& w16, const torch::Tensor& offs,
-                               const c10::intrusive_ptr<HostCounts>& counts) {
+                               const c10::intrusive_ptr<HostCounts>& counts,
+                               const c10::intrusive_ptr<PendingWeightGrad>& pending) {
     ctx->save_for_backward({x, w16, offs});
     ctx->saved_data["weight"] = w;
+    ctx->saved_data["pending"] = c10::IValue::make_capsule(pending);
     if (counts) ctx->saved_data["counts"] = c10::IValue::make_capsule(counts);
     return at::_grouped_mm(x, w16, offs);
   }
@@ -99,15 +102,23 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
       const bool per_expert = host_counts && x.size(0) >= kPerExpertInputGradRows * w16.size(0);
       dx = per_expert ? kernels::raw::expert_input_grad(dy, w16, counts) : at::_grouped_mm(dy, w16.transpose(-2, -1), offs);
     }
-    if (!ctx->needs_input_grad(1)) return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const variable_list result = {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    if (!ctx->needs_input_grad(1)) return result;
     auto w = ctx->saved_data["weight"].toTensor();
     auto& grad = w.mutable_grad();
     const bool usable = grad.defined() && grad.is_contiguous() && grad.sizes() == w.sizes() &&
                         (grad.scalar_type() == torch::kBFloat16 || grad.scalar_type() == torch::kFloat32);
     if (!host_counts) {
-      const auto dw = at::_grouped_mm(x.transpose(-2, -1), dy, offs);  // [E, d_in, d_out], bf16
-      if (grad.defined()) grad.add_(dw);
-      else grad = dw.to(w.scalar_type());
+      auto dw = at::_grouped_mm(x.transpose(-2, -1), dy, offs);  // [E, d_in, d_out], bf16
+      auto& pending = c10::static_intrusive_pointer_cast<PendingWeightGrad>(ctx->saved_data["pending"].toCapsule())->bf16;
+      if (grad.defined()) {
+        grad.add_(dw);
+      } else if (pending.defined()) {
+        grad = kernels::raw::sum_in_fp32(pending, dw).to(w.scalar_type());
+        pending = torch::Tensor();
+      } else {
+        pending = std::move(dw);
+      }
     } else if (usable) {
       kernels::raw::expert_weight_grad(x, dy, counts, grad, /*accumulate=*/true);
     } else {
@@ -116,7 +127,7 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
       if (grad.defined()) grad.add_(fresh);
       else grad = fresh;
     }
-    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return result;
   }
 };
 
@@ -124,8 +135,9 @@ class GroupedLinearFn : public torch::autograd::Function<GroupedLinearFn> {
 /// trained (its gradient is accumulated in place; per expert with `counts`, grouped without),
 /// autograd's own `_grouped_mm` otherwise.
 torch::Tensor grouped_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& w16,
-                             const torch::Tensor& offs, bool trained, const c10::intrusive_ptr<HostCounts>& counts) {
-  if (trained) return GroupedLinearFn::apply(x, w, w16, offs, counts);
+                             const torch::Tensor& offs, bool trained, const c10::intrusive_ptr<HostCounts>& counts,
+                             const c10::intrusive_ptr<PendingWeightGrad>& pending) {
+  if (trained) return GroupedLinearFn::apply(x, w, w16, offs, counts, pending);
   return at::_grouped_mm(x, w.to(torch::kBFloat16), offs);  // autograd's own, through the cast
 }
 #endif
@@ -174,11 +186,11 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
     // Inside a CUDA graph capture the host cannot wait for the counts: the backward stays grouped.
     const bool host_counts_usable = (train_in || train_out) && !runtime::cuda_capturing();
     const auto host_counts = host_counts_usable ? c10::make_intrusive<HostCounts>(counts) : nullptr;
-    const auto w_in16 = train_in ? bf16_weight(w_in, w_in_bf16_, w_in_bf16_version_) : torch::Tensor();
-    const auto w_out16 = train_out ? bf16_weight(w_out, w_out_bf16_, w_out_bf16_version_) : torch::Tensor();
-    const auto h = grouped_linear(x.to(torch::kBFloat16), w_in, w_in16, offs, train_in, host_counts);
+    const auto w_in16 = train_in ? bf16_weight(w_in, *w_in_copy_) : torch::Tensor();
+    const auto w_out16 = train_out ? bf16_weight(w_out, *w_out_copy_) : torch::Tensor();
+    const auto h = grouped_linear(x.to(torch::kBFloat16), w_in, w_in16, offs, train_in, host_counts, w_in_pending_);
     if (host_counts) host_counts->start();
-    return grouped_linear(activate(h), w_out, w_out16, offs, train_out, host_counts);
+    return grouped_linear(activate(h), w_out, w_out16, offs, train_out, host_counts, w_out_pending_);
   }
 #endif
   const auto counts = tokens_per_expert.to(torch::kCPU, torch::kInt64);
@@ -198,20 +210,27 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   return torch::cat(outputs, 0);
 }
 
-torch::Tensor ExpertsImpl::bf16_weight(const torch::Tensor& w, torch::Tensor& cached, int64_t& cached_version) {
+torch::Tensor ExpertsImpl::bf16_weight(const torch::Tensor& w, WeightCopy& copy) {
   if (w.scalar_type() == torch::kBFloat16) return w;
   const auto version = static_cast<int64_t>(w._version());
-  if (!cached.defined() || cached_version != version || cached.device() != w.device()) {
+  if (copy.version != version || !copy.bf16.defined() || copy.bf16.device() != w.device() || copy.bf16.sizes() != w.sizes()) {
     torch::NoGradGuard no_grad;  // a cast of the weight's value: GroupedLinearFn routes its gradient
-    cached = w.to(torch::kBFloat16);
-    cached_version = version;
+    if (copy.bf16.defined() && copy.bf16.device() == w.device() && copy.bf16.sizes() == w.sizes()) copy.bf16.copy_(w);
+    else copy.bf16 = w.to(torch::kBFloat16);
+    copy.version = version;
   }
-  return cached;
+  return copy.bf16;
 }
 
-void ExpertsImpl::drop_weight_casts() {
-  w_in_bf16_ = w_out_bf16_ = torch::Tensor();
-  w_in_bf16_version_ = w_out_bf16_version_ = -1;
+void ExpertsImpl::flush_gradients() {
+  torch::NoGradGuard no_grad;
+  for (auto [w, pending] : {std::pair{w_in, w_in_pending_}, std::pair{w_out, w_out_pending_}}) {
+    if (!pending->bf16.defined()) continue;
+    auto& grad = w.mutable_grad();
+    if (grad.defined()) grad.add_(pending->bf16);
+    else grad = pending->bf16.to(w.scalar_type());
+    pending->bf16 = torch::Tensor();
+  }
 }
 
 MlpImpl::MlpImpl(int64_t d_model, int64_t hidden, core::ExpertKind kind, double init_std)

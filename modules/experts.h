@@ -4,11 +4,27 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/config.h"
 
 namespace switchyard::modules {
+
+/// A bf16 copy of an fp32 weight, current while the weight's version counter equals `version`.
+struct WeightCopy {
+  torch::Tensor bf16;
+  int64_t version = -1;
+};
+
+/// A weight gradient that a backward inside a CUDA graph capture computed (a grouped GEMM's bf16
+/// output) and has not yet added to the weight's fp32 gradient: the next one is summed with it into
+/// the gradient in one pass (instead of a cast of the first and an add of the second), and
+/// ExpertsImpl::flush_gradients adds a last one alone.
+struct PendingWeightGrad : torch::CustomClassHolder {
+  torch::Tensor bf16;
+};
 
 /// SwiGLU or GeLU MLP experts. Weights:
 ///   swiglu: w_in [E, d, 2f] (gate | up, fused into one GEMM), w_out [E, f, d]
@@ -34,19 +50,27 @@ class ExpertsImpl : public torch::nn::Module {
   const std::vector<int64_t>& expert_ids() const { return expert_ids_; }
   torch::Tensor w_in, w_out;
 
-  /// The bf16 copies of fp32 weights that the grouped GEMMs read are cast once and reused by every
-  /// micro-batch until the weights change (their version counter moves: an optimizer step, a
-  /// checkpoint load). The trainer drops them after each step's last backward, so they take memory
-  /// only while the step runs (where each micro-batch's forward would hold such copies anyway).
-  void drop_weight_casts();
+  /// The bf16 copies of the fp32 weights that the grouped GEMMs read (on CUDA under bf16 autocast),
+  /// with the weight each copies. A copy is cast again only when its weight's version moved (a
+  /// checkpoint load); the optimizer keeps them current in its update (AdamW::keep_bf16_copy), so no
+  /// step casts the weights. They stay allocated between steps (bf16: half the fp32 weights' bytes).
+  std::vector<std::pair<torch::Tensor, std::shared_ptr<WeightCopy>>> weight_copies() const {
+    return {{w_in, w_in_copy_}, {w_out, w_out_copy_}};
+  }
+
+  /// Adds the weight gradients still pending (PendingWeightGrad: only backwards inside a CUDA graph
+  /// capture leave one) to w_in.grad and w_out.grad. Call after the last backward of a step, before
+  /// the gradients are read.
+  void flush_gradients();
 
  private:
   torch::Tensor activate(const torch::Tensor& h) const;
-  /// `w` as bf16: from the cache while w is unchanged.
-  torch::Tensor bf16_weight(const torch::Tensor& w, torch::Tensor& cached, int64_t& cached_version);
+  /// `w` as bf16: `copy` while it is current, else cast into it.
+  static torch::Tensor bf16_weight(const torch::Tensor& w, WeightCopy& copy);
 
-  torch::Tensor w_in_bf16_, w_out_bf16_;
-  int64_t w_in_bf16_version_ = -1, w_out_bf16_version_ = -1;
+  std::shared_ptr<WeightCopy> w_in_copy_ = std::make_shared<WeightCopy>(), w_out_copy_ = std::make_shared<WeightCopy>();
+  c10::intrusive_ptr<PendingWeightGrad> w_in_pending_ = c10::make_intrusive<PendingWeightGrad>(),
+                                        w_out_pending_ = c10::make_intrusive<PendingWeightGrad>();
 
   std::vector<int64_t> expert_ids_;
   int64_t hidden_;

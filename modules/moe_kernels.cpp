@@ -96,6 +96,14 @@ void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const s
   }
 }
 
+torch::Tensor sum_in_fp32(const torch::Tensor& a, const torch::Tensor& b) {
+  SY_CHECK(a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() && a.device() == b.device(),
+           "sum_in_fp32: a and b of one shape, dtype and device expected, got ", a.sizes(), " ", a.scalar_type(), " and ",
+           b.sizes(), " ", b.scalar_type());
+  SY_ON_CUDA(a, sum_in_fp32(a, b));
+  return a.to(torch::kFloat32) + b.to(torch::kFloat32);
+}
+
 torch::Tensor expert_input_grad(const torch::Tensor& dy, const torch::Tensor& w, const std::vector<int64_t>& counts) {
   SY_CHECK(dy.dim() == 2 && w.dim() == 3 && w.size(0) == static_cast<int64_t>(counts.size()) && w.size(2) == dy.size(1),
            "expert_input_grad: dy [S, N] and w [E, K, N] expected, got ", dy.sizes(), ", ", w.sizes());

@@ -17,45 +17,55 @@
 #include <vector>
 
 #include "modules/moe_kernel_limits.h"
+#include "runtime/vector_pack.cuh"
 
 namespace switchyard::modules::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+using runtime::Pack;
+using runtime::vector_width;
+using runtime::with_vector_width;
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-/// Elements per 16-byte access when every row of `width` elements starts 16-byte aligned, else 1.
-template <typename T>
-int vector_width(int64_t width, std::initializer_list<const void*> pointers) {
-  constexpr int kVec = 16 / sizeof(T);
-  if (width % kVec != 0) return 1;
-  for (const void* p : pointers) {
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
-  }
-  return kVec;
-}
-
-// out[t] = sum_j scale[r] * rows[r] over r = row_of_slot[t, j] >= 0. One block per token.
+// out[t] = sum_j scale[r] * rows[r] over r = row_of_slot[t, j] >= 0. One block per token: its k rows
+// and scales read once into shared memory (k int64 and k floats, dynamic), then each thread issues
+// the loads of 4 slots together (independent loads in flight, not a chain of dependent ones).
+// Slots are summed in order j = 0..k-1, a dropped slot adding 0.
 template <typename T, int V>
 __global__ void gather_sum_kernel(const T* __restrict__ rows, const float* __restrict__ scale,
                                   const int64_t* __restrict__ row_of_slot, T* __restrict__ out, int k, int64_t d) {
+  extern __shared__ int64_t slot_rows[];
+  float* slot_scales = reinterpret_cast<float*>(slot_rows + k);
   const int64_t t = blockIdx.x;
-  const int64_t* slots = row_of_slot + t * k;
+  for (int j = threadIdx.x; j < k; j += blockDim.x) {
+    const int64_t r = row_of_slot[t * k + j];
+    slot_rows[j] = r;
+    slot_scales[j] = r < 0 ? 0.f : (scale != nullptr ? scale[r] : 1.f);
+  }
+  __syncthreads();
+  constexpr int kInFlight = 4;
   for (int64_t c = static_cast<int64_t>(threadIdx.x) * V; c < d; c += static_cast<int64_t>(blockDim.x) * V) {
     float acc[V];
 #pragma unroll
     for (int i = 0; i < V; ++i) acc[i] = 0.f;
-    for (int j = 0; j < k; ++j) {
-      const int64_t r = slots[j];
-      if (r < 0) continue;
-      const float w = scale != nullptr ? scale[r] : 1.f;
-      const auto in = *reinterpret_cast<const Pack<T, V>*>(rows + r * d + c);
+    for (int j0 = 0; j0 < k; j0 += kInFlight) {
+      Pack<T, V> in[kInFlight];
 #pragma unroll
-      for (int i = 0; i < V; ++i) acc[i] += w * static_cast<float>(in.v[i]);
+      for (int u = 0; u < kInFlight; ++u) {
+        const int64_t r = j0 + u < k ? slot_rows[j0 + u] : -1;
+        if (r >= 0) {
+          in[u] = *reinterpret_cast<const Pack<T, V>*>(rows + r * d + c);
+        } else {
+#pragma unroll
+          for (int i = 0; i < V; ++i) in[u].v[i] = static_cast<T>(0.f);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kInFlight; ++u) {
+        const float w = j0 + u < k ? slot_scales[j0 + u] : 0.f;
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[i] += w * static_cast<float>(in[u].v[i]);
+      }
     }
     Pack<T, V> o;
 #pragma unroll
@@ -95,6 +105,21 @@ __global__ void unpermute_backward_kernel(const T* __restrict__ grad_y, const T*
     for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w) total += partial[w];
     grad_gates[s] = total;
   }
+}
+
+// out[i] = a[i] + b[i] in fp32; grid-stride over packs of V values.
+template <typename T, int V>
+__global__ void sum_in_fp32_kernel(const T* __restrict__ a, const T* __restrict__ b, float* __restrict__ out, int64_t n) {
+  const int64_t packs = n / V, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < packs; i += stride) {
+    const auto x = reinterpret_cast<const Pack<T, V>*>(a)[i], y = reinterpret_cast<const Pack<T, V>*>(b)[i];
+    Pack<float, V> o;
+#pragma unroll
+    for (int u = 0; u < V; ++u) o.v[u] = static_cast<float>(x.v[u]) + static_cast<float>(y.v[u]);
+    reinterpret_cast<Pack<float, V>*>(out)[i] = o;
+  }
+  const int64_t tail = packs * V + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (V > 1 && blockIdx.x == 0 && tail < n) out[tail] = static_cast<float>(a[tail]) + static_cast<float>(b[tail]);
 }
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + __expf(-x)); }
@@ -303,21 +328,7 @@ __global__ void slot_scatter_kernel(const int64_t* __restrict__ expert, int64_t 
   }
 }
 
-/// One thread per pack: a block per 256 packs, capped only by the grid's limit (the kernels loop
-/// over what is left). Measured on H100 at mixtral_like size (32,768 x 14,336): SwiGLU forward
-/// 0.981 -> 0.918 ms and backward 1.637 -> 1.547 ms against a grid capped at 32 blocks per SM.
-int grid_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, std::numeric_limits<int>::max())));
-}
-
-/// Runs `launch.template operator()<V>()` with V = the widest pack the data allows (16 bytes or 1).
-template <typename T, typename Launch>
-void with_vector_width(int width, Launch&& launch) {
-  constexpr int kVec = 16 / sizeof(T);
-  if (width == kVec) launch(std::integral_constant<int, kVec>());
-  else launch(std::integral_constant<int, 1>());
-}
+int grid_for(int64_t work) { return runtime::grid_for(work, kThreads); }
 
 /// C = op(A) op(B) + beta C on the current stream, column-major as cuBLAS sees it: A and B bf16, C bf16
 /// or fp32, products summed in fp32.
@@ -346,7 +357,8 @@ at::Tensor gather_sum(const at::Tensor& rows_in, const at::Tensor& scale_in, con
     with_vector_width<scalar_t>(v, [&](auto vec) {
       constexpr int V = decltype(vec)::value;
       const int threads = static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (d / V + 31) / 32 * 32)));
-      gather_sum_kernel<scalar_t, V><<<tokens, threads, 0, stream>>>(
+      const size_t shared = static_cast<size_t>(k) * (sizeof(int64_t) + sizeof(float));
+      gather_sum_kernel<scalar_t, V><<<tokens, threads, shared, stream>>>(
           rows.data_ptr<scalar_t>(), scale.defined() ? scale.data_ptr<float>() : nullptr, row_of_slot.data_ptr<int64_t>(),
           out.data_ptr<scalar_t>(), static_cast<int>(k), d);
     });
@@ -445,6 +457,28 @@ void expert_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in, const s
               accumulate ? 1.0f : 0.0f, c, fp32_grad ? CUDA_R_32F : CUDA_R_16BF, N);
     offset += n;
   }
+}
+
+at::Tensor sum_in_fp32(const at::Tensor& a_in, const at::Tensor& b_in) {
+  c10::cuda::CUDAGuard guard(a_in.device());
+  const auto a = a_in.contiguous(), b = b_in.contiguous();
+  auto out = at::empty(a.sizes(), a.options().dtype(at::kFloat));
+  const int64_t n = a.numel();
+  if (n == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "sum_in_fp32", [&] {
+    // Packs of 16 bytes in, V fp32 values out (aligned to their size: fresh allocations are).
+    const bool out_aligned = reinterpret_cast<uintptr_t>(out.data_ptr()) % (sizeof(float) * (16 / sizeof(scalar_t))) == 0;
+    const int v = out_aligned ? vector_width<scalar_t>(n, {a.data_ptr(), b.data_ptr()}) : 1;
+    with_vector_width<scalar_t>(v, [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      const int waves = at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 16;
+      sum_in_fp32_kernel<scalar_t, V><<<std::min(grid_for(n / V), waves), kThreads, 0, stream>>>(
+          a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), out.data_ptr<float>(), n);
+    });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
 at::Tensor expert_input_grad(const at::Tensor& dy_in, const at::Tensor& w_in, const std::vector<int64_t>& counts) {

@@ -63,6 +63,9 @@ torch::Tensor swiglu_backward(const torch::Tensor& grad_out, const torch::Tensor
 /// cuBLAS GEMM per expert with beta = 1: the separate read-add-write of the gradient is gone.
 void expert_weight_grad(const torch::Tensor& x, const torch::Tensor& dy, const std::vector<int64_t>& counts,
                         torch::Tensor& grad, bool accumulate);
+/// a + b summed in fp32 (a and b of one shape and dtype): one pass, where a.to(fp32) + b reads and
+/// writes an fp32 temporary. On CUDA 16-byte accesses.
+torch::Tensor sum_in_fp32(const torch::Tensor& a, const torch::Tensor& b);
 /// The input gradient of a grouped GEMM: dx [S, K] with dx_e = dy_e w_e^T over expert e's rows,
 /// `counts` on the host; dy [S, N] and w [E, K, N] of one dtype. On CUDA one cuBLAS GEMM per expert.
 torch::Tensor expert_input_grad(const torch::Tensor& dy, const torch::Tensor& w, const std::vector<int64_t>& counts);

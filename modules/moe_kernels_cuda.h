@@ -17,6 +17,7 @@ at::Tensor swiglu_forward(const at::Tensor& h);
 at::Tensor swiglu_backward(const at::Tensor& grad_out, const at::Tensor& h);
 void expert_weight_grad(const at::Tensor& x, const at::Tensor& dy, const std::vector<int64_t>& counts, at::Tensor& grad,
                         bool accumulate);
+at::Tensor sum_in_fp32(const at::Tensor& a, const at::Tensor& b);
 at::Tensor expert_input_grad(const at::Tensor& dy, const at::Tensor& w, const std::vector<int64_t>& counts);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_topk(const at::Tensor& logits, int64_t k, bool normalize);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> counting_sort_slots(const at::Tensor& expert_idx,

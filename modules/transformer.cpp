@@ -80,20 +80,20 @@ PackedDocuments PackedDocuments::from_segments(const torch::Tensor& segments, co
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const PackedDocuments& docs) {
   const int64_t batch = x.size(0), seq = x.size(1);
   SY_CHECK(seq <= cos_.size(0), "attention: sequence of ", seq, " tokens exceeds model.seq_len ", cos_.size(0));
-  // [B, S, (H + 2G) hd] -> q [B, H, S, hd], k and v [B, G, S, hd] (G = H without grouped-query attention).
-  const auto projected = qkv->forward(x);
-  const auto part = [&](int64_t first_head, int64_t heads) {
-    return projected.narrow(-1, first_head * head_dim_, heads * head_dim_);
-  };
-  auto q = part(0, n_heads_), k = part(n_heads_, n_kv_heads_), v = part(n_heads_ + n_kv_heads_, n_kv_heads_);
+  // [B, S, (H + 2G) hd] -> q [B, H, S, hd], k and v [B, G, S, hd] (G = H without grouped-query attention):
+  // views of one split along the heads, whose backward is one concatenation into the projection's
+  // gradient (slicing the width instead summed three zero-padded gradients, ~4 ms a step on mixtral_like).
+  const auto parts = qkv->forward(x)
+                         .view({batch, seq, n_heads_ + 2 * n_kv_heads_, head_dim_})
+                         .split_with_sizes({n_heads_, n_kv_heads_, n_kv_heads_}, 2);
+  auto q = parts[0], k = parts[1], v = parts[2];  // [B, S, heads, hd]
   if (qk_norm_ == core::QkNorm::kFull) {  // OLMoE: over all heads' width at once
-    q = q_norm->forward(q);
-    k = k_norm->forward(k);
+    q = q_norm->forward(q.flatten(2)).view({batch, seq, n_heads_, head_dim_});
+    k = k_norm->forward(k.flatten(2)).view({batch, seq, n_kv_heads_, head_dim_});
   }
-  const auto heads = [&](const torch::Tensor& t, int64_t n) { return t.view({batch, seq, n, head_dim_}).transpose(1, 2); };
-  q = heads(q, n_heads_);
-  k = heads(k, n_kv_heads_);
-  v = heads(v, n_kv_heads_);
+  q = q.transpose(1, 2);
+  k = k.transpose(1, 2);
+  v = v.transpose(1, 2);
   if (qk_norm_ == core::QkNorm::kHead) {  // Qwen3: each head on its own
     q = q_norm->forward(q);
     k = k_norm->forward(k);

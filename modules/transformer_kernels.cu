@@ -10,11 +10,15 @@
 #include <utility>
 
 #include "modules/transformer_kernels_cuda.h"
+#include "runtime/vector_pack.cuh"
 
 namespace switchyard::modules::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+using runtime::Pack;
+using runtime::vector_width;
+using runtime::with_vector_width;
 
 /// Sum of `v` over the block (every thread gets it). `shared` holds kThreads / 32 floats.
 __device__ float block_sum(float v, float* shared) {
@@ -89,23 +93,32 @@ __global__ void rms_norm_backward_dw_kernel(const T* __restrict__ dy, const T* _
   }
 }
 
-// One thread per (b, h, s, i < hd/2): the rotation of the pair (i, i + hd/2) by sign * angle.
-template <typename T>
+// One thread per (b, h, s) and pack of V consecutive i < hd/2: the rotation of the pairs (i, i + hd/2)
+// by sign * angle. x in any strides with the head dimension dense; out [B, H, S, hd] contiguous.
+template <typename T, int V>
 __global__ void rope_kernel(const T* __restrict__ x, const float* __restrict__ cos, const float* __restrict__ sin,
                             T* __restrict__ out, int64_t heads, int64_t seq, int64_t half, int64_t sb, int64_t sh,
                             int64_t ss, float sign, int64_t total) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= total) return;
-  const int64_t i = idx % half;
-  const int64_t s = (idx / half) % seq;
-  const int64_t h = (idx / (half * seq)) % heads;
-  const int64_t b = idx / (half * seq * heads);
-  const T* in = x + b * sb + h * sh + s * ss;
-  const float x1 = static_cast<float>(in[i]), x2 = static_cast<float>(in[i + half]);
-  const float c = cos[s * half + i], sn = sign * sin[s * half + i];
-  T* o = out + ((b * heads + h) * seq + s) * 2 * half;
-  o[i] = static_cast<T>(x1 * c - x2 * sn);
-  o[i + half] = static_cast<T>(x1 * sn + x2 * c);
+  const int64_t packs = half / V;
+  const int64_t i = (idx % packs) * V;
+  const int64_t row = idx / packs;  // (b * heads + h) * seq + s
+  const int64_t s = row % seq, bh = row / seq;
+  const T* in = x + (bh / heads) * sb + (bh % heads) * sh + s * ss;
+  const auto x1 = *reinterpret_cast<const Pack<T, V>*>(in + i);
+  const auto x2 = *reinterpret_cast<const Pack<T, V>*>(in + i + half);
+  Pack<T, V> o1, o2;
+#pragma unroll
+  for (int u = 0; u < V; ++u) {
+    const float a = static_cast<float>(x1.v[u]), b = static_cast<float>(x2.v[u]);
+    const float c = cos[s * half + i + u], sn = sign * sin[s * half + i + u];
+    o1.v[u] = static_cast<T>(a * c - b * sn);
+    o2.v[u] = static_cast<T>(a * sn + b * c);
+  }
+  T* o = out + row * 2 * half;
+  *reinterpret_cast<Pack<T, V>*>(o + i) = o1;
+  *reinterpret_cast<Pack<T, V>*>(o + i + half) = o2;
 }
 
 int threads_for(int64_t d) { return static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (d + 31) / 32 * 32))); }
@@ -162,13 +175,21 @@ at::Tensor rope_rotate(const at::Tensor& x_in, const at::Tensor& cos_in, const a
   const auto cos = cos_in.to(x.device(), at::kFloat).contiguous(), sin = sin_in.to(x.device(), at::kFloat).contiguous();
   const int64_t batch = x.size(0), heads = x.size(1), seq = x.size(2), half = x.size(3) / 2;
   auto out = at::empty({batch, heads, seq, 2 * half}, x.options());
-  const int64_t total = batch * heads * seq * half;
-  if (total == 0) return out;
+  if (batch * heads * seq * half == 0) return out;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rope", [&] {
-    rope_kernel<scalar_t><<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<scalar_t>(), heads, seq, half,
-        x.stride(0), x.stride(1), x.stride(2), sign, total);
+    // 16-byte packs where every (b, h, s) row and both halves start 16-byte aligned.
+    constexpr int64_t kVec = 16 / sizeof(scalar_t);
+    const bool strides_aligned = (x.stride(0) % kVec == 0 || batch == 1) && (x.stride(1) % kVec == 0 || heads == 1) &&
+                                 (x.stride(2) % kVec == 0 || seq == 1);
+    const int v = strides_aligned ? vector_width<scalar_t>(half, {x.data_ptr(), out.data_ptr()}) : 1;
+    with_vector_width<scalar_t>(v, [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      const int64_t total = batch * heads * seq * half / V;
+      rope_kernel<scalar_t, V><<<runtime::grid_for(total, kThreads), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<scalar_t>(), heads, seq, half,
+          x.stride(0), x.stride(1), x.stride(2), sign, total);
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

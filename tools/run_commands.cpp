@@ -25,7 +25,7 @@ void add_train(CLI::App& app, Commands& commands) {
                 "with --resume never: delete the run directory's earlier checkpoints and metrics and start over");
   cmd->add_option("--profile", o->profile.path,
                   "write a Kineto trace (host ops, CUDA kernels) of --profile-steps steps on rank 0 to this file");
-  cmd->add_option("--profile-steps", o->profile.steps, "training steps in the --profile trace (after two warm-up steps; seven under train.cuda_graph auto)")
+  cmd->add_option("--profile-steps", o->profile.steps, "training steps in the --profile trace (after two warm-up steps; ten under train.cuda_graph auto)")
       ->check(CLI::PositiveNumber);
   commands.emplace_back(cmd, [o](RankStarter& ranks) {
     if (!o->run_dir.empty()) o->config.overrides.push_back("train.run_dir=" + o->run_dir);

@@ -2,20 +2,21 @@
 #include "trainer/optimizer.h"
 
 #include <cmath>
-#include <optional>
 #include <stdexcept>
 #include <vector>
 
-#include "runtime/torch_version.h"
-
-// PyTorch's fused AdamW kernels (LibTorch 2.1 and later; Debian's 1.13 takes the loop).
-#define SY_FUSED_ADAMW SY_TORCH_AT_LEAST(2, 1)
+#include "core/build_info.h"
+#if SWITCHYARD_WITH_CUDA
+#include "trainer/adamw_kernel_cuda.h"
+#endif
 
 namespace switchyard::trainer {
 namespace {
 
-#if SY_FUSED_ADAMW
+/// Whether `p` takes the CUDA kernel (adamw_kernel.cu): it, its gradient and its moments fp32,
+/// contiguous, on one CUDA device. Elsewhere (the CPU, fp64) the update is a loop of ATen ops.
 bool fusable(const torch::Tensor& p, const AdamW::State& s) {
+#if SWITCHYARD_WITH_CUDA
   const auto& g = p.grad();
   for (const auto* t : {&p, &g, &s.exp_avg, &s.exp_avg_sq}) {
     if (!t->is_cuda() || t->scalar_type() != torch::kFloat32 || t->device() != p.device() || !t->is_contiguous()) {
@@ -23,45 +24,12 @@ bool fusable(const torch::Tensor& p, const AdamW::State& s) {
     }
   }
   return true;
-}
-
-/// Tensors for one `_fused_adamw_` call.
-struct FusedGroup {
-  std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs;
-  void add(torch::Tensor& p, AdamW::State& s) {
-    params.push_back(p);
-    grads.push_back(p.grad());
-    exp_avgs.push_back(s.exp_avg);
-    exp_avg_sqs.push_back(s.exp_avg_sq);
-  }
-  void step(double lr, double b1, double b2, double weight_decay, double eps, int64_t steps, double grad_multiplier) {
-    if (params.empty()) return;
-    // The kernels read the step count (already advanced) from a device tensor per parameter, and
-    // divide each gradient by `grad_scale` (AMP's unscaling; here the clipping factor's inverse).
-    const auto count = torch::full({}, static_cast<double>(steps), params[0].options());
-    const std::vector<torch::Tensor> counts(params.size(), count);
-    std::optional<torch::Tensor> grad_scale;
-    if (grad_multiplier != 1.0) grad_scale = torch::full({}, 1.0 / grad_multiplier, params[0].options());
-    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, counts, lr, b1, b2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false, grad_scale);
-  }
-  void step(const torch::Tensor& lr, double b1, double b2, double weight_decay, double eps, const torch::Tensor& count,
-            const torch::Tensor& grad_scale, const torch::Tensor& found_inf) {
-    if (params.empty()) return;
-    const std::vector<torch::Tensor> counts(params.size(), count);
-    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, counts, lr, b1, b2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false, grad_scale, found_inf);
-  }
-};
 #else
-bool fusable(const torch::Tensor&, const AdamW::State&) { return false; }
-struct FusedGroup {
-  void add(torch::Tensor&, AdamW::State&) {}
-  void step(double, double, double, double, double, int64_t, double) {}
-  void step(const torch::Tensor&, double, double, double, double, const torch::Tensor&, const torch::Tensor&,
-            const torch::Tensor&) {}
-};
+  (void)p;
+  (void)s;
+  return false;
 #endif
+}
 
 }  // namespace
 
@@ -81,49 +49,79 @@ AdamW::State& AdamW::state(const std::string& name) {
   throw std::out_of_range("AdamW: no parameter named " + name);
 }
 
-void AdamW::step(double lr, double grad_multiplier) {
-  torch::NoGradGuard no_grad;
-  ++steps_;
+void AdamW::keep_bf16_copy(const torch::Tensor& p, std::shared_ptr<modules::WeightCopy> copy) {
+  copies_[p.unsafeGetTensorImpl()] = std::move(copy);
+}
+
+modules::WeightCopy* AdamW::kept_copy(const torch::Tensor& p) {
+  const auto it = copies_.find(p.unsafeGetTensorImpl());
+  if (it == copies_.end()) return nullptr;
+  auto& copy = *it->second;
+  if (!copy.bf16.defined() || copy.bf16.sizes() != p.sizes() || copy.bf16.device() != p.device()) {
+    copy.bf16 = torch::empty(p.sizes(), p.options().dtype(torch::kBFloat16));
+    copy.version = -1;
+  }
+  return &copy;
+}
+
+void AdamW::update(const std::string& name, torch::Tensor& p, const DeviceScalars* device, double lr,
+                   double grad_multiplier) {
+  auto& s = state(name);
+  auto* copy = kept_copy(p);
+  const bool decay = decays(p);
+  if (fusable(p, s)) {
+#if SWITCHYARD_WITH_CUDA
+    cuda::AdamWScalars k;
+    if (device != nullptr) {
+      k.lr = device->lr;
+      k.count = device->count;
+      k.grad_scale = device->grad_scale;
+      k.found_inf = device->found_inf;
+    }
+    k.lr_value = lr;
+    k.count_value = static_cast<double>(steps_);
+    k.grad_scale_value = 1.0 / grad_multiplier;
+    k.beta1 = config_.beta1;
+    k.beta2 = config_.beta2;
+    k.weight_decay = decay ? config_.weight_decay : 0.0;
+    k.eps = config_.adam_eps;
+    cuda::adamw_update(p, p.grad(), s.exp_avg, s.exp_avg_sq, copy ? copy->bf16 : torch::Tensor(), k);
+    p.unsafeGetTensorImpl()->bump_version();  // written in place by the kernel: caches keyed by version see it
+    if (copy) copy->version = static_cast<int64_t>(p._version());
+#endif
+    return;
+  }
+  if (device != nullptr) throw std::invalid_argument("AdamW: parameter " + name + " cannot take the update on the device");
   const double b1 = config_.beta1, b2 = config_.beta2;
   const double bias1 = 1 - std::pow(b1, static_cast<double>(steps_));
   const double bias2 = 1 - std::pow(b2, static_cast<double>(steps_));
-  // fp32 CUDA parameters, gradients and states take PyTorch's fused multi-tensor AdamW kernels (one
-  // pass per tensor instead of ten elementwise kernels), in two groups: with and without decay.
-  FusedGroup fused[2];
-  for (auto& [name, p] : params_) {
-    if (!p.grad().defined()) continue;
-    auto& s = state(name);
-    const bool decay = decays(p);
-    if (fusable(p, s)) {
-      fused[decay].add(p, s);
-      continue;
-    }
-    auto g = p.grad().to(s.exp_avg.scalar_type());
-    if (grad_multiplier != 1.0) g = g * grad_multiplier;
-    if (decay) p.mul_(1 - lr * config_.weight_decay);
-    s.exp_avg.mul_(b1).add_(g, 1 - b1);
-    s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2);
-    const auto denom = (s.exp_avg_sq / bias2).sqrt_().add_(config_.adam_eps);
-    p.add_((s.exp_avg / denom).to(p.scalar_type()), -lr / bias1);
+  auto g = p.grad().to(s.exp_avg.scalar_type());
+  if (grad_multiplier != 1.0) g = g * grad_multiplier;
+  if (decay) p.mul_(1 - lr * config_.weight_decay);
+  s.exp_avg.mul_(b1).add_(g, 1 - b1);
+  s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2);
+  const auto denom = (s.exp_avg_sq / bias2).sqrt_().add_(config_.adam_eps);
+  p.add_((s.exp_avg / denom).to(p.scalar_type()), -lr / bias1);
+  if (copy) {
+    copy->bf16.copy_(p);
+    copy->version = static_cast<int64_t>(p._version());
   }
-  for (int decay = 0; decay < 2; ++decay) {
-    fused[decay].step(lr, b1, b2, decay ? config_.weight_decay : 0.0, config_.adam_eps, steps_, grad_multiplier);
+}
+
+void AdamW::step(double lr, double grad_multiplier) {
+  torch::NoGradGuard no_grad;
+  ++steps_;
+  for (auto& [name, p] : params_) {
+    if (p.grad().defined()) update(name, p, nullptr, lr, grad_multiplier);
   }
 }
 
 void AdamW::step_on_device(const torch::Tensor& lr, const torch::Tensor& grad_scale, const torch::Tensor& found_inf,
                            const torch::Tensor& count) {
   torch::NoGradGuard no_grad;
-  FusedGroup fused[2];
+  const DeviceScalars device{lr, count, grad_scale, found_inf};
   for (auto& [name, p] : params_) {
-    if (!p.grad().defined()) continue;
-    auto& s = state(name);
-    if (!fusable(p, s)) throw std::invalid_argument("AdamW: parameter " + name + " cannot take the fused update on the device");
-    fused[decays(p)].add(p, s);
-  }
-  for (int decay = 0; decay < 2; ++decay) {
-    fused[decay].step(lr, config_.beta1, config_.beta2, decay ? config_.weight_decay : 0.0, config_.adam_eps, count,
-                      grad_scale, found_inf);
+    if (p.grad().defined()) update(name, p, &device, 0.0, 1.0);
   }
 }
 

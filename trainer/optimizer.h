@@ -5,17 +5,20 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/config.h"
+#include "modules/experts.h"
 
 namespace switchyard::trainer {
 
 /// Decoupled-weight-decay Adam (Loshchilov & Hutter), the update torch::optim::AdamW makes:
 ///   p -= lr * wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 ///   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-/// Parameters with one dimension (norm weights, biases) get no weight decay.
+/// Parameters with one dimension (norm weights, biases) get no weight decay. fp32 CUDA parameters take
+/// one kernel per parameter (adamw_kernel.cu), which also writes the bf16 copies kept for them.
 class AdamW {
  public:
   struct State {
@@ -29,8 +32,8 @@ class AdamW {
   void step(double lr, double grad_multiplier = 1.0);
   /// The same update as device work reading its inputs from 0-dim fp32 tensors on the parameters'
   /// device, so it can be captured in a CUDA graph: learning rate `lr`, each gradient divided by
-  /// `grad_scale`, no update where `found_inf` is 1; the kernels read the step count from `count`
-  /// (already advanced; steps() is not). Every parameter with a gradient must take the fused kernels
+  /// `grad_scale`, no update where `found_inf` is 1; the kernel reads the step count from `count`
+  /// (already advanced; steps() is not). Every parameter with a gradient must take the CUDA kernel
   /// (fp32 CUDA tensors): throws std::invalid_argument naming one that does not.
   void step_on_device(const torch::Tensor& lr, const torch::Tensor& grad_scale, const torch::Tensor& found_inf,
                       const torch::Tensor& count);
@@ -39,6 +42,10 @@ class AdamW {
   /// Drops every gradient (set to undefined, as PyTorch's set_to_none): the next backward writes them
   /// instead of adding to zeros, and no pass zeroes them.
   void zero_grad();
+
+  /// After every update `copy` holds `p` in bf16 and p's version (the experts' grouped GEMMs read it
+  /// instead of casting the weight again); the CUDA kernel writes it in the same pass as the update.
+  void keep_bf16_copy(const torch::Tensor& p, std::shared_ptr<modules::WeightCopy> copy);
 
   int64_t steps() const { return steps_; }
   /// Whether `p` takes weight decay: matrices only, and only with train.weight_decay > 0.
@@ -50,7 +57,18 @@ class AdamW {
 
  private:
   std::vector<std::pair<std::string, torch::Tensor>> params_;
+  /// step_on_device's tensors.
+  struct DeviceScalars {
+    const torch::Tensor &lr, &count, &grad_scale, &found_inf;
+  };
+  /// One parameter's update: the CUDA kernel where fusable, else the loop of ATen ops (host scalars
+  /// only: `device` set there throws).
+  void update(const std::string& name, torch::Tensor& p, const DeviceScalars* device, double lr, double grad_multiplier);
+  /// p's kept copy, allocated on first use; null where none is kept.
+  modules::WeightCopy* kept_copy(const torch::Tensor& p);
+
   std::map<std::string, State> state_;
+  std::map<const c10::TensorImpl*, std::shared_ptr<modules::WeightCopy>> copies_;
   core::TrainConfig config_;
   int64_t steps_ = 0;
 };

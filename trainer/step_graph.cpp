@@ -36,12 +36,14 @@ Trainer::StepResult Trainer::step_once() {
   last_step_graphed_ = false;
   const bool automatic = config_.train.cuda_graph == core::CudaGraphMode::kAuto;
   // Eager steps first (lazy initialization: optimizer states, library handles, kernel choices). auto
-  // times eager steps 3 and 4, captures step 5 and times the replays of steps 6 and 7 (steady state
-  // on both sides: the first steps of a run are slower). A step with an injected fault is never
-  // captured or replayed (it would be baked in).
+  // times the two eager steps before the capture and the two replays after it (steady state on both
+  // sides: a run's first steps are slower, on qwen3_moe_like steps 3-4 still ~15%, cuBLAS meeting
+  // new per-expert shapes). A step with an injected fault is never captured or replayed (it would be
+  // baked in).
   const bool fault = core::fault_at("nan_at_step", state_.step + 1);
-  const bool graph = graph_enabled_ && eager_steps_ >= (automatic ? 4 : 1) && !fault;
-  const bool timed = graph_enabled_ && automatic && !graph_decided_ && !fault && (graph ? graph_replays_ >= 1 : eager_steps_ >= 2);
+  const bool graph = graph_enabled_ && eager_steps_ >= (automatic ? kAutoCaptureStep - 1 : 1) && !fault;
+  const bool timed = graph_enabled_ && automatic && !graph_decided_ && !fault &&
+                     (graph ? graph_replays_ >= 1 : eager_steps_ >= kAutoCaptureStep - 3);
   const auto wait_for_device = [&] { torch::cuda::synchronize(device_.index()); };
   if (timed) wait_for_device();
   const auto start = std::chrono::steady_clock::now();
@@ -125,9 +127,7 @@ Trainer::StepResult Trainer::graphed_step() {
         runtime::Bf16Autocast autocast(true);
         for (const auto& mb : g.inputs) forward_backward(mb, micro_steps, sums);
       }
-      for (auto& layer : model_->moe_layers()) {
-        if (!layer.is_empty()) layer->experts->drop_weight_casts();
-      }
+      flush_expert_gradients();
       // apply_update's rules on the device: no update when the loss or the norm is not finite,
       // clipping as the gradients' divisor (the same IEEE operations as on the host).
       const auto [dense, experts] = squared_grad_norms();

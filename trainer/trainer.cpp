@@ -225,6 +225,14 @@ void Trainer::build_model() {
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& item : model_->named_parameters()) params.emplace_back(item.key(), item.value());
   optimizer_ = std::make_unique<AdamW>(params, config_.train);
+  // The experts' bf16 weight copies (read by their grouped GEMMs under bf16 autocast on CUDA) are
+  // written by the update itself.
+  if (device_.is_cuda() && config_.train.precision == core::Precision::kBf16) {
+    for (auto& layer : model_->moe_layers()) {
+      if (layer.is_empty()) continue;
+      for (auto& [weight, copy] : layer->experts->weight_copies()) optimizer_->keep_bf16_copy(weight, copy);
+    }
+  }
 }
 
 void Trainer::load_checkpoint(const std::string& dir) {
@@ -367,6 +375,12 @@ void Trainer::forward_backward(const MicroBatch& mb, int64_t micro_steps, StepSu
   }
 }
 
+void Trainer::flush_expert_gradients() {
+  for (auto& layer : model_->moe_layers()) {
+    if (!layer.is_empty()) layer->experts->flush_gradients();
+  }
+}
+
 Trainer::StepResult Trainer::compute_gradients() {
   const int64_t step = state_.step;
   const int64_t micro_steps = config_.micro_steps(world_->size());
@@ -382,10 +396,11 @@ Trainer::StepResult Trainer::compute_gradients() {
     runtime::Bf16Autocast autocast(config_.train.precision == core::Precision::kBf16);
     for_each_micro_batch(*train_sampler_, step, false, [&](const MicroBatch& mb) { forward_backward(mb, micro_steps, sums); });
   }
-  for (auto& layer : model_->moe_layers()) {
-    if (layer.is_empty()) continue;
-    if (step_counts) layer->set_step_counts({});
-    layer->experts->drop_weight_casts();
+  flush_expert_gradients();
+  if (step_counts) {
+    for (auto& layer : model_->moe_layers()) {
+      if (!layer.is_empty()) layer->set_step_counts({});
+    }
   }
   StepResult r;
   sums.reduce_into(r, *world_, static_cast<double>(world_->size() * micro_steps), stop_requested());
@@ -590,9 +605,9 @@ void Trainer::train(const ResumeMode& resume, const ProfileRequest& profile) {
   const auto run_start = window_start;
   int64_t window_steps = 0;
   const int64_t first_step = state_.step;
-  // --profile: after two warm-up steps (seven with train.cuda_graph auto, which times eager steps and
+  // --profile: after two warm-up steps (ten with train.cuda_graph auto, which times eager steps and
   // replays first; two with on), or as late as still leaves `profile.steps` steps.
-  const int64_t warm_up = graph_enabled_ && config_.train.cuda_graph == core::CudaGraphMode::kAuto ? 7 : 2;
+  const int64_t warm_up = graph_enabled_ && config_.train.cuda_graph == core::CudaGraphMode::kAuto ? kAutoCaptureStep + 2 : 2;
   const int64_t profile_from = std::max(first_step, std::min(first_step + warm_up, config_.train.steps - profile.steps));
   std::unique_ptr<runtime::KinetoTrace> trace;
   const StopSignals signals(config_.train.checkpoint_on_signal);

@@ -66,9 +66,10 @@ class Trainer {
   void apply_update(StepResult& result);
   /// One whole step (compute_gradients, then apply_update): replayed from a CUDA graph where
   /// train.cuda_graph asks for one and the run allows it (see cuda_graph_unsupported), else eagerly.
-  /// auto: eager steps 1-4 (3 and 4 timed), the capture at step 5, replays 6 and 7 timed; the faster
-  /// way runs the rest.
+  /// auto: eager steps before kAutoCaptureStep (the last two timed), the capture there, the two
+  /// replays after it timed; the faster way runs the rest.
   StepResult step_once();
+  static constexpr int64_t kAutoCaptureStep = 8;
   /// Whether the last step_once was replayed from the CUDA graph.
   bool last_step_graphed() const { return last_step_graphed_; }
   /// Whether eager steps compute the statistics only a logged step needs (the router entropy; on by
@@ -112,6 +113,8 @@ class Trainer {
   std::pair<torch::Tensor, torch::Tensor> squared_grad_norms();
   /// One micro-batch's forward and backward (its loss scaled by 1 / `micro_steps`), summed into `sums`.
   void forward_backward(const MicroBatch& mb, int64_t micro_steps, StepSums& sums);
+  /// After a step's last backward: the experts' pending weight gradients into their .grad.
+  void flush_expert_gradients();
   /// The NaN policy and the step counters; false when the step is skipped (throws past
   /// train.max_consecutive_skips).
   bool count_step(StepResult& r);

@@ -118,6 +118,9 @@ TEST_F(GpuModules, LayerCapturedInACudaGraphGivesEachReplaysGradients) {
   // The training step's CUDA graph (train.cuda_graph): a captured forward and backward takes the
   // experts' grouped weight gradients (no host counts). Replayed with new values in its input buffer,
   // it must give that input's CPU gradients: the graph reads the buffer, not the values at capture.
+  // Captured with 1, 2 and 3 backwards (micro-batches) and the experts' flush after them: the first
+  // weight gradient waits bf16 (the flush adds it alone), the second is summed with it into .grad,
+  // the third added to .grad.
   torch::manual_seed(9);
   auto layer = small_layer(core::RouterKind::kTopK, /*shared_experts=*/1);
   const std::vector<torch::Tensor> xs = {bf16_values({512, 64}), bf16_values({512, 64})};
@@ -132,21 +135,29 @@ TEST_F(GpuModules, LayerCapturedInACudaGraphGivesEachReplaysGradients) {
   layer->to(torch::kCUDA);
   runtime::OwnStream stream(torch::Device(torch::kCUDA, 0));
   const auto x = xs[0].to(torch::kCUDA), probe_cuda = probe.to(torch::kCUDA);
-  const auto step = [&] {
-    runtime::Bf16Autocast autocast(true);
-    (layer->forward(x).y * probe_cuda).sum().backward();
-  };
-  for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
-  step();  // eager warm-up on the capture stream
-  for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
-  runtime::CudaGraph graph;
-  ASSERT_NO_THROW(graph.capture(step));
-  for (size_t i = 0; i < xs.size(); ++i) {
-    x.copy_(xs[i]);
-    graph.replay();
-    const auto params = layer->named_parameters();
-    for (size_t j = 0; j < params.size(); ++j) {
-      EXPECT_LT(rel_l2(params[j].value().grad(), refs[i][j]), 2e-2) << "replay " << i << " " << params[j].key();
+  for (int passes = 1; passes <= 3; ++passes) {
+    const auto step = [&] {
+      for (int pass = 0; pass < passes; ++pass) {
+        runtime::Bf16Autocast autocast(true);
+        (layer->forward(x).y * probe_cuda).sum().backward();
+      }
+      layer->experts->flush_gradients();
+    };
+    for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
+    step();  // eager warm-up on the capture stream
+    for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
+    runtime::CudaGraph graph;
+    ASSERT_NO_THROW(graph.capture(step));
+    for (size_t i = 0; i < xs.size(); ++i) {
+      x.copy_(xs[i]);
+      graph.replay();
+      const auto params = layer->named_parameters();
+      for (size_t j = 0; j < params.size(); ++j) {
+        const auto& g = params[j].value().grad();
+        ASSERT_TRUE(g.defined()) << passes << " passes, " << params[j].key();
+        EXPECT_EQ(g.scalar_type(), torch::kFloat32) << params[j].key();
+        EXPECT_LT(rel_l2(g, passes * refs[i][j]), 2e-2) << passes << " passes, replay " << i << " " << params[j].key();
+      }
     }
   }
 }

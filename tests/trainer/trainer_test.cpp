@@ -47,23 +47,27 @@ TEST(AdamW, MatchesLibTorchAdamW) {
   EXPECT_EQ(ours.steps(), 6);
 }
 
-// On CUDA (LibTorch >= 2.1) fp32 parameters take PyTorch's fused AdamW kernels: the same update as
-// the CPU loop, weight decay on matrices only, over several steps, with a parameter that has no
-// gradient in the first step (skipped, no state) and one in every later step.
+// On CUDA fp32 parameters take the AdamW kernel: the same update as the CPU loop, weight decay on
+// matrices only, over several steps, with a parameter that has no gradient in the first step
+// (skipped, no state) and one in every later step, one whose size is no multiple of the kernel's
+// 4-value packs (the tail) and one whose storage starts 4 bytes past 16-byte alignment (unpacked).
 TEST(AdamW, CudaStepMatchesTheCpuLoop) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   torch::manual_seed(0);
   const core::TrainConfig cfg = adamw_config();
-  const auto w0 = torch::randn({64, 48}), b0 = torch::randn({48}), u0 = torch::randn({8});
+  const auto w0 = torch::randn({64, 48}), b0 = torch::randn({48}), u0 = torch::randn({8}), t0 = torch::randn({7, 1});
   auto w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_(), u = u0.clone().requires_grad_();
-  auto wc = w0.cuda().requires_grad_(), bc = b0.cuda().requires_grad_(), uc = u0.cuda().requires_grad_();
-  AdamW cpu({{"w", w}, {"b", b}, {"u", u}}, cfg), gpu({{"w", wc}, {"b", bc}, {"u", uc}}, cfg);
+  auto t = t0.clone().requires_grad_();
+  auto wc = w0.cuda().requires_grad_(), uc = u0.cuda().requires_grad_(), tc = t0.cuda().requires_grad_();
+  auto bc = torch::cat({torch::zeros({1}), b0}).cuda().narrow(0, 1, 48).detach().requires_grad_();  // misaligned
+  ASSERT_NE(reinterpret_cast<uintptr_t>(bc.data_ptr()) % 16, 0u);
+  AdamW cpu({{"w", w}, {"b", b}, {"u", u}, {"t", t}}, cfg), gpu({{"w", wc}, {"b", bc}, {"u", uc}, {"t", tc}}, cfg);
   for (int step = 0; step < 5; ++step) {
     const auto x = torch::randn({16, 64}), target = torch::randn({16, 48});
     cpu.zero_grad();
     gpu.zero_grad();
-    auto loss = (x.matmul(w) + b - target).pow(2).mean();
-    auto loss_c = (x.cuda().matmul(wc) + bc - target.cuda()).pow(2).mean();
+    auto loss = (x.matmul(w) + b - target).pow(2).mean() + t.pow(3).sum();
+    auto loss_c = (x.cuda().matmul(wc) + bc - target.cuda()).pow(2).mean() + tc.pow(3).sum();
     if (step > 0) {  // u has no gradient before the second step
       loss = loss + u.pow(2).sum();
       loss_c = loss_c + uc.pow(2).sum();
@@ -72,7 +76,7 @@ TEST(AdamW, CudaStepMatchesTheCpuLoop) {
     loss_c.backward();
     cpu.step(0.01);
     gpu.step(0.01);
-    for (const auto& [a, c] : {std::pair{w, wc}, std::pair{b, bc}, std::pair{u, uc}}) {
+    for (const auto& [a, c] : {std::pair{w, wc}, std::pair{b, bc}, std::pair{u, uc}, std::pair{t, tc}}) {
       EXPECT_TRUE(torch::allclose(a, c.cpu(), 1e-5, 1e-6)) << "step " << step << ": " << (a - c.cpu()).abs().max().item<double>();
     }
   }
@@ -108,6 +112,31 @@ TEST(AdamW, DeviceStepEqualsTheHostStep) {
   device.step_on_device(lr, torch::ones({}, opts), torch::ones({}, opts), count);
   EXPECT_TRUE(torch::equal(wd, before)) << "found_inf 1 must skip the update";
   EXPECT_TRUE(torch::equal(device.state("w").exp_avg, moment));
+}
+
+TEST(AdamW, KeptCopyIsTheUpdatedWeightInBf16) {
+  // After each update a kept copy holds the weight rounded to bf16 and the weight's version (the
+  // experts' cache reads it as current): the CPU loop and the CUDA kernel (written in the same pass),
+  // for a size with a tail past the kernel's packs.
+  std::vector<torch::Device> devices = {torch::kCPU};
+  if (torch::cuda::is_available()) devices.push_back(torch::kCUDA);
+  for (const auto& device : devices) {
+    torch::manual_seed(3);
+    auto w = torch::randn({13, 5}).to(device).requires_grad_();
+    auto copy = std::make_shared<modules::WeightCopy>();
+    AdamW opt({{"w", w}}, adamw_config());
+    opt.keep_bf16_copy(w, copy);
+    for (int step = 0; step < 3; ++step) {
+      const auto version = w._version();
+      w.mutable_grad() = torch::randn({13, 5}).to(device);
+      opt.step(0.01, step == 1 ? 0.5 : 1.0);
+      ASSERT_TRUE(copy->bf16.defined()) << device;
+      EXPECT_EQ(copy->bf16.scalar_type(), torch::kBFloat16);
+      EXPECT_TRUE(torch::equal(copy->bf16, w.detach().to(torch::kBFloat16))) << device << " step " << step;
+      EXPECT_GT(static_cast<int64_t>(w._version()), static_cast<int64_t>(version)) << device << ": the update moves the version";
+      EXPECT_EQ(copy->version, static_cast<int64_t>(w._version())) << device << " step " << step;
+    }
+  }
 }
 
 TEST(AdamW, GradMultiplierEqualsScaledGradients) {
