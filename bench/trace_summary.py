@@ -6,6 +6,7 @@ Host side (where the GPU waits on the host): every idle gap is charged to the ho
 launched the kernel ending it (the outermost CPU op on the launching thread, e.g. aten::add or an
 autograd node); when that launch came after the gap began, the host was late. Also the time the host
 spent blocked in CUDA synchronizations, and the outermost CPU ops per step by count and by time.
+Where GPU time goes: kernel time per (kernel, outermost and innermost CPU op around its launch).
 Usage: python3 bench/trace_summary.py TRACE.json STEPS"""
 import bisect, collections, json, sys
 
@@ -59,6 +60,19 @@ for gap, i in gaps:
     if launch is None: idle_by_op["(launch not traced)"] += gap; continue
     idle_by_op[enclosing(launch["tid"], launch["ts"])] += gap
     if launch["ts"] > events[i]["ts"] - gap: late_ms += gap
+all_ops = {tid: [(e["ts"], e["ts"] + e["dur"], e["name"][:60]) for e in ops] for tid, ops in cpu_ops.items()}
+def innermost(tid, ts):  # the latest-starting op that still spans ts (nested ops start later)
+    ops = all_ops.get(tid, [])
+    i = bisect.bisect_right(ops, (ts, float("inf"), "")) - 1
+    for j in range(i, max(-1, i - 400), -1):
+        if ops[j][1] >= ts: return ops[j][2]
+    return "(no CPU op)"
+gpu_by_launch, launches = collections.Counter(), collections.Counter()
+for e in events:
+    launch = launch_of.get(e.get("args", {}).get("correlation"))
+    key = (e["name"][:60],) + ((enclosing(launch["tid"], launch["ts"]), innermost(launch["tid"], launch["ts"]))
+                                if launch else ("(launch not traced)", ""))
+    gpu_by_launch[key] += e["dur"]; launches[key] += 1
 syncs = collections.Counter()
 for e in runtime:
     if "Synchronize" in e["name"] or e["name"] in ("cudaMemcpy", "cudaStreamQuery", "cudaEventQuery"):
@@ -72,6 +86,8 @@ print(json.dumps({"steps": steps, "window_ms_per_step": round(window / 1000 / st
                   "idle_share": round(1 - busy / window, 4),
                   "kernels_per_step": round(sum(e["cat"] == "kernel" for e in events) / steps), "top": top,
                   "most_launched": most,
+                  "gpu_ms_by_launch": [{"kernel": k[0], "outer_op": k[1], "inner_op": k[2], "ms_per_step": round(v / 1000 / steps, 3),
+                                        "per_step": round(launches[k] / steps)} for k, v in gpu_by_launch.most_common(30)],
                   "host": {"idle_ms_per_step_host_late": round(late_ms / 1000 / steps, 2),
                            "idle_ms_per_step_by_launching_op": per_step(idle_by_op, 15, 1000),
                            "sync_ms_per_step": {k: round(v / 1000 / steps, 2) for k, v in syncs.most_common()},

@@ -22,7 +22,7 @@ python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.versio
 peer_args() {  # the peer's arguments for a config's shape
   case $1 in
     mixtral_like) echo "--d 1024 --layers 8 --heads 16 --ffn 3584 --experts 8 --k 2 --seq 1024 --global-batch 16 --micro 8" ;;
-    qwen3_moe_like) echo "--d 2048 --layers 4 --heads 32 --kv-heads 4 --ffn 768 --experts 128 --k 8 --seq 4096 --global-batch 8 --micro 2" ;;
+    qwen3_moe_like) echo "--d 2048 --layers 4 --heads 32 --kv-heads 4 --ffn 768 --experts 128 --k 8 --seq 4096 --global-batch 8 --micro 4" ;;
   esac
 }
 ours() {  # shape, run dir, extra args
