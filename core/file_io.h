@@ -24,6 +24,13 @@ void append_to_file(const std::string& path, const std::string& text);
 /// filesystems refuse to sync directories).
 void sync_directory(const std::string& dir) noexcept;
 
+/// Removes a directory tree or a file (nothing when absent); throws IoError naming the path. POSIX
+/// nftw rather than std::filesystem::remove_all, which jumps to address 0 on non-empty directories in
+/// the GPU machine's build: the pip LibTorch's libtorch.so exports its own std::filesystem, which
+/// the dynamic linker binds our calls to (seen in a run resumed after a kill, a run started over its
+/// old results, and tests cleaning their folders).
+void remove_tree(const std::string& path);
+
 /// The whole content of `path`; throws `DataError` naming it when it cannot be read.
 std::string read_file(const std::string& path);
 

@@ -2,7 +2,6 @@
 #include "trainer/checkpoint.h"
 
 #include <fcntl.h>
-#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -53,18 +52,6 @@ torch::ScalarType dtype_from(const std::string& name, const std::string& where) 
   if (name == "int64") return torch::kInt64;
   if (name == "uint8") return torch::kUInt8;
   throw CheckpointError(where + ": unknown dtype '" + name + "'");
-}
-
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
-
-/// Removes a directory tree (no error when absent). POSIX nftw rather than std::filesystem::remove_all,
-/// which jumps to address 0 on non-empty directories in the GPU machine's build (LibTorch 2.11 wheel +
-/// GCC 13; seen in two places: a run resumed after a kill, which meets the killed save's leftovers,
-/// and a unit test cleaning its folder). With nftw the kill-and-resume runs pass there.
-void remove_tree(const std::string& path) {
-  if (!fs::exists(fs::symlink_status(path))) return;
-  SY_CHECK_AS(CheckpointError, ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, path,
-              ": cannot remove (", std::strerror(errno), ")");
 }
 
 /// Accumulates tensors into one file and their manifest entries.
@@ -271,7 +258,7 @@ void write_weights_checkpoint(const std::string& dir, const std::string& config_
   const auto placements = single_process_placements(model);
   SY_CHECK_AS(IoError, !fs::exists(fs::symlink_status(dir)), dir, ": exists; choose a new checkpoint directory");
   const std::string tmp_dir = dir + ".tmp";
-  remove_tree(tmp_dir);
+  core::remove_tree(tmp_dir);
   fs::create_directories(tmp_dir);
   TensorFileWriter writer("rank_0.bin");
   for_each_checkpoint_tensor(model, nullptr, placements, 0,
@@ -397,7 +384,7 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
   const std::string tmp_dir = (fs::path(root_) / (".tmp_" + checkpoint_dir_name(state.step))).string();
   if (dense_writer) {
     fs::create_directories(root_);
-    remove_tree(tmp_dir);  // leftovers of a crashed save
+    core::remove_tree(tmp_dir);  // leftovers of a crashed save
     fs::create_directories(tmp_dir);
   }
   world.barrier();
@@ -446,7 +433,7 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
     file.set_crc32c(core::crc32c(file.manifest().data(), file.manifest().size()));
     core::write_file_atomically((fs::path(tmp_dir) / "manifest.pb").string(), file.SerializeAsString());
     core::sync_directory(tmp_dir);
-    remove_tree(final_dir);
+    core::remove_tree(final_dir);
     std::error_code ec;
     fs::rename(tmp_dir, final_dir, ec);
     SY_CHECK_AS(IoError, !ec, final_dir, ": cannot publish the checkpoint (", ec.message(), ")");
@@ -454,7 +441,7 @@ void CheckpointManager::save(const TrainingState& state, const std::string& conf
     core::write_file_atomically((fs::path(root_) / "latest").string(), checkpoint_dir_name(state.step) + "\n");
     // Keep the newest `keep` complete checkpoints.
     const auto existing = checkpoints();
-    for (size_t i = 0; i + keep_ < existing.size(); ++i) remove_tree(existing[i]);
+    for (size_t i = 0; i + keep_ < existing.size(); ++i) core::remove_tree(existing[i]);
   }
   world.barrier();
 }

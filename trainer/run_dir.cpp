@@ -68,7 +68,7 @@ bool has_metrics(const fs::path& run_dir) {
 /// Removes what a run writes into its directory (not the lock, not config.yaml, not other files).
 void remove_results(const fs::path& run_dir) {
   std::error_code ec;
-  for (const char* sub : {"checkpoints", "plans", "traces"}) fs::remove_all(run_dir / sub, ec);
+  for (const char* sub : {"checkpoints", "plans", "traces"}) core::remove_tree((run_dir / sub).string());
   fs::remove(run_dir / "metrics.jsonl", ec);
   for (fs::directory_iterator it(run_dir, ec), end; !ec && it != end; it.increment(ec)) {
     if (it->path().filename().string().rfind("events.out.tfevents.", 0) == 0) fs::remove(it->path(), ec);

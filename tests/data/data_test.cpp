@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/file_io.h"
 #include "core/error.h"
 #include "data/batch_sampler.h"
 #include "data/megatron_writer.h"
@@ -18,7 +19,7 @@ namespace fs = std::filesystem;
 
 fs::path temp_dir(const std::string& name) {
   auto dir = fs::temp_directory_path() / ("switchyard_data_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  core::remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }

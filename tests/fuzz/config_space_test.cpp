@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "core/file_io.h"
 #include "core/error.h"
 #include "core/logging.h"
 #include "modules/moe_layer.h"
@@ -539,12 +540,12 @@ int run(int argc, char** argv) {
       if (rank == 0) std::fprintf(stderr, "FAIL %s\n%s", c.describe().c_str(), report.c_str());
     }
     if (rank == 0) {
-      fs::remove_all(dir);
-      fs::remove_all(dir + "_fp64");
+      core::remove_tree(dir);
+      core::remove_tree(dir + "_fp64");
     }
   }
   if (rank == 0) {
-    fs::remove_all(root);
+    core::remove_tree(root);
     std::printf("config space: seed %llu, cases %lld-%lld: %lld failed, %lld compared with the single-process model "
                 "(%lld of them equal only in fp64: a near tie in fp32), %lld checked for crashes, finiteness and slot "
                 "counts only\n",

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/file_io.h"
 #include "core/error.h"
 #include "interop/hf_checkpoint.h"
 #include "interop/hf_config.h"
@@ -24,7 +25,7 @@ using json = nlohmann::json;
 
 std::string temp_dir(const std::string& name) {
   const auto dir = fs::temp_directory_path() / ("sy_hf_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  core::remove_tree(dir);
   fs::create_directories(dir);
   return dir.string();
 }

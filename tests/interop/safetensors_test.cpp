@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/file_io.h"
 #include "core/error.h"
 #include "interop/hf_checkpoint.h"
 #include "interop/safetensors.h"
@@ -19,7 +20,7 @@ namespace fs = std::filesystem;
 
 std::string temp_dir(const std::string& name) {
   const auto dir = fs::temp_directory_path() / ("sy_safetensors_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  core::remove_tree(dir);
   fs::create_directories(dir);
   return dir.string();
 }

@@ -1,4 +1,5 @@
 // Routing trace files: a round trip keeps every field; junk and missing files are refused by name.
+#include "core/file_io.h"
 #include "placement/routing_trace.h"
 
 #include <gtest/gtest.h>
@@ -55,10 +56,7 @@ TEST(RoutingTrace, FileRoundTripAndBadFilesRefused) {
     EXPECT_NE(std::string(e.what()).find("junk.pb"), std::string::npos) << e.what();
   }
   EXPECT_THROW(read_routing_trace((dir / "missing.pb").string()), DataError);
-  // File by file: std::filesystem::remove_all of a non-empty directory crashes in the GPU machine's
-  // build (see remove_tree in trainer/checkpoint.cpp).
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) std::filesystem::remove(entry.path());
-  std::filesystem::remove(dir);
+  core::remove_tree(dir);
 }
 
 }  // namespace

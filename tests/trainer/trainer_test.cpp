@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/file_io.h"
 #include "core/crc32c.h"
 #include "core/error.h"
 #include "trainer/metrics.h"
@@ -242,7 +243,7 @@ TEST(Metrics, ExpertLoadsAreJsonArraysAndTensorBoardHistograms) {
   EXPECT_EQ(to_json(4, {{"loss", 1.5}}, {{"expert_load_moe0", {3, 0, 5}}}),
             "{\"step\":4,\"loss\":1.5,\"expert_load_moe0\":[3,0,5]}");
   const auto dir = fs::temp_directory_path() / ("switchyard_tb_histo_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  core::remove_tree(dir);
   { MetricsWriter(dir.string(), 0).write(7, {{"loss", 2.0}}, {{"expert_load_moe1", {3, 0, 5, 2}}}); }
   std::string events;
   for (const auto& e : fs::directory_iterator(dir))
@@ -267,7 +268,7 @@ TEST(Metrics, ExpertLoadsAreJsonArraysAndTensorBoardHistograms) {
 
 TEST(Metrics, TensorBoardRecordsCarryTheScalars) {
   const auto dir = fs::temp_directory_path() / ("switchyard_tb_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  core::remove_tree(dir);
   {
     MetricsWriter w(dir.string(), 0);
     w.write(1, {{"loss", 2.5}, {"lr", 0.001}});
