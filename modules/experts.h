@@ -62,6 +62,8 @@ class ExpertsImpl : public torch::nn::Module {
   /// capture leave one) to w_in.grad and w_out.grad. Call after the last backward of a step, before
   /// the gradients are read.
   void flush_gradients();
+  /// Drops the pending weight gradients (a capture abandoned part way through a step).
+  void drop_pending_gradients() { w_in_pending_->bf16 = w_out_pending_->bf16 = torch::Tensor(); }
 
  private:
   torch::Tensor activate(const torch::Tensor& h) const;

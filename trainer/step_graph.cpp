@@ -87,6 +87,9 @@ void Trainer::leave_graph() {
   graph_enabled_ = false;
   step_graph_.reset();
   optimizer_->zero_grad();  // the gradients in the graph's pool
+  for (auto& layer : model_->moe_layers()) {
+    if (!layer.is_empty()) layer->experts->drop_pending_gradients();  // a capture that failed part way
+  }
 }
 
 Trainer::StepResult Trainer::graphed_step() {
