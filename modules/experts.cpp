@@ -213,9 +213,9 @@ torch::Tensor ExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& 
 torch::Tensor ExpertsImpl::bf16_weight(const torch::Tensor& w, WeightCopy& copy) {
   if (w.scalar_type() == torch::kBFloat16) return w;
   const auto version = static_cast<int64_t>(w._version());
-  if (copy.version != version || !copy.bf16.defined() || copy.bf16.device() != w.device() || copy.bf16.sizes() != w.sizes()) {
+  if (copy.version != version || !copy.fits(w)) {
     torch::NoGradGuard no_grad;  // a cast of the weight's value: GroupedLinearFn routes its gradient
-    if (copy.bf16.defined() && copy.bf16.device() == w.device() && copy.bf16.sizes() == w.sizes()) copy.bf16.copy_(w);
+    if (copy.fits(w)) copy.bf16.copy_(w);
     else copy.bf16 = w.to(torch::kBFloat16);
     copy.version = version;
   }

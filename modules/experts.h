@@ -16,6 +16,8 @@ namespace switchyard::modules {
 struct WeightCopy {
   torch::Tensor bf16;
   int64_t version = -1;
+  /// Whether `bf16` is allocated with w's shape on w's device (it can take w's values in place).
+  bool fits(const torch::Tensor& w) const { return bf16.defined() && bf16.device() == w.device() && bf16.sizes() == w.sizes(); }
 };
 
 /// A weight gradient that a backward inside a CUDA graph capture computed (a grouped GEMM's bf16

@@ -27,45 +27,23 @@ using runtime::Pack;
 using runtime::vector_width;
 using runtime::with_vector_width;
 
-// out[t] = sum_j scale[r] * rows[r] over r = row_of_slot[t, j] >= 0. One block per token: its k rows
-// and scales read once into shared memory (k int64 and k floats, dynamic), then each thread issues
-// the loads of 4 slots together (independent loads in flight, not a chain of dependent ones).
-// Slots are summed in order j = 0..k-1, a dropped slot adding 0.
+// out[t] = sum_j scale[r] * rows[r] over r = row_of_slot[t, j] >= 0. One block per token.
 template <typename T, int V>
 __global__ void gather_sum_kernel(const T* __restrict__ rows, const float* __restrict__ scale,
                                   const int64_t* __restrict__ row_of_slot, T* __restrict__ out, int k, int64_t d) {
-  extern __shared__ int64_t slot_rows[];
-  float* slot_scales = reinterpret_cast<float*>(slot_rows + k);
   const int64_t t = blockIdx.x;
-  for (int j = threadIdx.x; j < k; j += blockDim.x) {
-    const int64_t r = row_of_slot[t * k + j];
-    slot_rows[j] = r;
-    slot_scales[j] = r < 0 ? 0.f : (scale != nullptr ? scale[r] : 1.f);
-  }
-  __syncthreads();
-  constexpr int kInFlight = 4;
+  const int64_t* slots = row_of_slot + t * k;
   for (int64_t c = static_cast<int64_t>(threadIdx.x) * V; c < d; c += static_cast<int64_t>(blockDim.x) * V) {
     float acc[V];
 #pragma unroll
     for (int i = 0; i < V; ++i) acc[i] = 0.f;
-    for (int j0 = 0; j0 < k; j0 += kInFlight) {
-      Pack<T, V> in[kInFlight];
+    for (int j = 0; j < k; ++j) {
+      const int64_t r = slots[j];
+      if (r < 0) continue;
+      const float w = scale != nullptr ? scale[r] : 1.f;
+      const auto in = *reinterpret_cast<const Pack<T, V>*>(rows + r * d + c);
 #pragma unroll
-      for (int u = 0; u < kInFlight; ++u) {
-        const int64_t r = j0 + u < k ? slot_rows[j0 + u] : -1;
-        if (r >= 0) {
-          in[u] = *reinterpret_cast<const Pack<T, V>*>(rows + r * d + c);
-        } else {
-#pragma unroll
-          for (int i = 0; i < V; ++i) in[u].v[i] = static_cast<T>(0.f);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kInFlight; ++u) {
-        const float w = j0 + u < k ? slot_scales[j0 + u] : 0.f;
-#pragma unroll
-        for (int i = 0; i < V; ++i) acc[i] += w * static_cast<float>(in[u].v[i]);
-      }
+      for (int i = 0; i < V; ++i) acc[i] += w * static_cast<float>(in.v[i]);
     }
     Pack<T, V> o;
 #pragma unroll
@@ -357,8 +335,7 @@ at::Tensor gather_sum(const at::Tensor& rows_in, const at::Tensor& scale_in, con
     with_vector_width<scalar_t>(v, [&](auto vec) {
       constexpr int V = decltype(vec)::value;
       const int threads = static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (d / V + 31) / 32 * 32)));
-      const size_t shared = static_cast<size_t>(k) * (sizeof(int64_t) + sizeof(float));
-      gather_sum_kernel<scalar_t, V><<<tokens, threads, shared, stream>>>(
+      gather_sum_kernel<scalar_t, V><<<tokens, threads, 0, stream>>>(
           rows.data_ptr<scalar_t>(), scale.defined() ? scale.data_ptr<float>() : nullptr, row_of_slot.data_ptr<int64_t>(),
           out.data_ptr<scalar_t>(), static_cast<int>(k), d);
     });
@@ -472,8 +449,8 @@ at::Tensor sum_in_fp32(const at::Tensor& a_in, const at::Tensor& b_in) {
     const int v = out_aligned ? vector_width<scalar_t>(n, {a.data_ptr(), b.data_ptr()}) : 1;
     with_vector_width<scalar_t>(v, [&](auto vec) {
       constexpr int V = decltype(vec)::value;
-      const int waves = at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 16;
-      sum_in_fp32_kernel<scalar_t, V><<<std::min(grid_for(n / V), waves), kThreads, 0, stream>>>(
+      const int blocks = runtime::grid_for(n / V, kThreads, at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 16);
+      sum_in_fp32_kernel<scalar_t, V><<<blocks, kThreads, 0, stream>>>(
           a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), out.data_ptr<float>(), n);
     });
   });

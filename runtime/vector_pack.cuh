@@ -35,12 +35,13 @@ void with_vector_width(int width, Launch&& launch) {
   else launch(std::integral_constant<int, 1>());
 }
 
-/// One thread per unit of work in blocks of `threads`, capped only by the grid's limit (the kernels
-/// loop over what is left). Measured on H100 at mixtral_like size (32,768 x 14,336): SwiGLU forward
-/// 0.981 -> 0.918 ms and backward 1.637 -> 1.547 ms against a grid capped at 32 blocks per SM.
-inline int grid_for(int64_t work, int threads) {
+/// One thread per unit of work in blocks of `threads`, at most `max_blocks` (by default only the
+/// grid's limit; the kernels loop over what is left). Measured on H100 at mixtral_like size
+/// (32,768 x 14,336): SwiGLU forward 0.981 -> 0.918 ms and backward 1.637 -> 1.547 ms uncapped against
+/// a grid capped at 32 blocks per SM.
+inline int grid_for(int64_t work, int threads, int max_blocks = std::numeric_limits<int>::max()) {
   const int64_t blocks = (work + threads - 1) / threads;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, std::numeric_limits<int>::max())));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, max_blocks)));
 }
 
 }  // namespace switchyard::runtime

@@ -119,7 +119,7 @@ void adamw_update(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m,
   const auto launch = [&](auto vec, auto keep) {
     constexpr int V = decltype(vec)::value;
     constexpr bool kCopy = decltype(keep)::value;
-    const int blocks = std::min(runtime::grid_for(n / V, kThreads), sms * 16);
+    const int blocks = runtime::grid_for(n / V, kThreads, sms * 16);
     adamw_kernel<V, kCopy><<<blocks, kThreads, 0, stream>>>(p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(),
                                                             v.data_ptr<float>(), copy_ptr, n, scalars);
   };

@@ -57,7 +57,7 @@ modules::WeightCopy* AdamW::kept_copy(const torch::Tensor& p) {
   const auto it = copies_.find(p.unsafeGetTensorImpl());
   if (it == copies_.end()) return nullptr;
   auto& copy = *it->second;
-  if (!copy.bf16.defined() || copy.bf16.sizes() != p.sizes() || copy.bf16.device() != p.device()) {
+  if (!copy.fits(p)) {
     copy.bf16 = torch::empty(p.sizes(), p.options().dtype(torch::kBFloat16));
     copy.version = -1;
   }

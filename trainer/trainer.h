@@ -26,7 +26,7 @@
 
 namespace switchyard::trainer {
 
-/// `train --profile`: rank 0 records `steps` training steps (after two warm-up steps, seven under train.cuda_graph auto) as a Kineto
+/// `train --profile`: rank 0 records `steps` training steps (after two warm-up steps, ten under train.cuda_graph auto) as a Kineto
 /// trace at `path`; an empty path records nothing.
 struct ProfileRequest {
   std::string path;
